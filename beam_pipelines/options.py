@@ -1,0 +1,129 @@
+"""Pipeline options shared by every pipeline, with help text and units in their names.
+
+Connection settings (hosts, credentials) come from the environment (io_connectors.settings), never from
+flags. `finalize_options` fills the runner defaults that make `--runner=FlinkRunner` work on the local
+stack: the Beam job server, the Python worker pool (EXTERNAL environment), streaming and checkpointing.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from apache_beam.options.pipeline_options import (FlinkRunnerOptions, PipelineOptions, PortableOptions,
+                                                  StandardOptions)
+
+from io_connectors import settings
+
+START_FROM = ("committed", "earliest", "latest")
+
+
+class FlinkCheckpointOptions(PipelineOptions):
+    """Flink options the Python SDK does not declare; forwarded to the Java runner by name."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--checkpointing_interval", type=int, default=None,
+                            help="Flink checkpoint interval in milliseconds (offsets are committed to Kafka on "
+                                 "completed checkpoints). Default on Flink: 10000.")
+        parser.add_argument("--min_pause_between_checkpoints", type=int, default=None,
+                            help="Minimum pause between Flink checkpoints, milliseconds.")
+
+
+class KafkaSourceOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--consumer_group", default=None,
+                            help="Kafka consumer group (offsets are committed on completed Flink checkpoints). "
+                                 "Default: iheardai-<pipeline>.")
+        parser.add_argument("--start_from", default="committed", choices=START_FROM,
+                            help="Where to start when the group has no committed offset: 'committed' "
+                                 "(committed offset, else earliest), 'earliest' or 'latest'. Use "
+                                 "--start_read_time_ms to start from a timestamp.")
+        parser.add_argument("--start_read_time_ms", type=int, default=None,
+                            help="Start every partition at the first offset at/after this epoch-ms timestamp "
+                                 "(backfills and replays); overrides --start_from.")
+        parser.add_argument("--expansion_service", default=None,
+                            help="host:port of the Beam Kafka expansion service "
+                                 "(default: $BEAM_EXPANSION_SERVICE, the local stack's localhost:8097).")
+        parser.add_argument("--max_payload_bytes", type=int, default=1024 * 1024,
+                            help="Records larger than this are dead letters (bytes).")
+        parser.add_argument("--max_num_records", type=int, default=None,
+                            help="Stop after reading this many records (tests and demos only).")
+
+
+class SinkOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--pg_batch_size", type=int, default=500,
+                            help="Rows per Postgres upsert round trip.")
+        parser.add_argument("--pg_max_attempts", type=int, default=6,
+                            help="Attempts for a batch on transient Postgres errors (jittered backoff).")
+
+
+def _has_flag(argv: List[str], name: str) -> bool:
+    return any(a == name or a.startswith(name + "=") for a in argv)
+
+
+def print_help(pipeline: str, description: str) -> None:
+    """--help: every option of every PipelineOptions class (ours and Beam's), with its help text."""
+    import argparse
+
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(prog=f"python -m beam_pipelines.{pipeline}", description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    seen, stack = set(), list(PipelineOptions.__subclasses__())
+    while stack:
+        cls = stack.pop(0)
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        group = parser.add_argument_group(cls.__name__)
+        try:
+            cls._add_argparse_args(group)
+        except argparse.ArgumentError:
+            pass  # an option declared by two classes is listed once
+    parser.print_help()
+
+
+def finalize_options(argv: Optional[List[str]], pipeline: str, description: str = "") -> PipelineOptions:
+    """Parse argv and fill local-stack defaults for the Flink runner and the Kafka source."""
+    argv = list(argv or [])
+    if "--help" in argv or "-h" in argv:
+        print_help(pipeline, description)
+        raise SystemExit(0)
+    if not _has_flag(argv, "--runner"):
+        argv.append("--runner=FlinkRunner")
+    opts = PipelineOptions(argv)
+    std = opts.view_as(StandardOptions)
+    if std.runner in ("FlinkRunner", "PortableRunner"):
+        std.streaming = True
+        portable = opts.view_as(PortableOptions)
+        flink = opts.view_as(FlinkRunnerOptions)
+        if not portable.job_endpoint and not getattr(flink, "flink_job_server_jar", None):
+            portable.job_endpoint = settings.get("BEAM_JOB_ENDPOINT", "localhost:8099")
+        if not portable.environment_type:
+            portable.environment_type = "EXTERNAL"
+            portable.environment_config = settings.get("BEAM_WORKER_POOL", "localhost:50000")
+        ckpt = opts.view_as(FlinkCheckpointOptions)
+        if ckpt.checkpointing_interval is None:
+            ckpt.checkpointing_interval = 10_000
+        if not _has_flag(argv, "--parallelism"):
+            flink.parallelism = 2
+    src = opts.view_as(KafkaSourceOptions)
+    if not src.consumer_group:
+        src.consumer_group = f"iheardai-{pipeline}"
+    if not src.expansion_service:
+        src.expansion_service = settings.get("BEAM_EXPANSION_SERVICE", "localhost:8097")
+    if src.max_payload_bytes <= 0:
+        raise ValueError("--max_payload_bytes must be positive")
+    return opts
+
+
+def consumer_config(opts: PipelineOptions) -> dict:
+    src = opts.view_as(KafkaSourceOptions)
+    conf = settings.KafkaSettings.from_env().client_config()
+    conf["group.id"] = src.consumer_group
+    conf["auto.offset.reset"] = "latest" if src.start_from == "latest" else "earliest"
+    return conf

@@ -1,0 +1,15 @@
+"""Pinned platform versions: the one place they are written.
+
+Beam's Python SDK and Beam's Java jars must be the same version. 2.62.0 is the newest Beam whose Flink
+runner (`beam-runners-flink-1.19`) resolves with all its dependencies from the Maven registry reachable
+here; 2.63-2.75 lack `beam-runners-java-job-service` or the runner itself, and no Beam version has a
+`beam-runners-flink-1.20` artifact served. Flink therefore is 1.19 (the newest Flink that Beam 2.62 runs
+on), from the PyPI `apache-flink` wheels.
+"""
+
+BEAM = "2.62.0"
+FLINK = "1.19.3"
+FLINK_MINOR = "1.19"
+KAFKA = "4.1.1"  # broker; the Beam side uses kafka-clients 3.9.1 (see devstack/maven/beam-services/pom.xml)
+VERSITYGW = "v1.8.0"  # S3-compatible server (Apache-2.0), built from the Go module proxy
+JAVA = "17"
