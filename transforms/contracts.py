@@ -54,6 +54,44 @@ class AgentTurnCompleted(EventModel):
     conversation_context: Dict[str, Any] = Field(default_factory=dict)
 
 
+class LeadFieldChange(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    field: str
+    old_value: Optional[Any] = None
+    new_value: Optional[Any] = None
+
+
+class MarketoLeadDelta(EventModel):
+    """`marketo.leads.delta`: one change of one Marketo lead, keyed by lead_id in Kafka.
+
+    `marketo_guid` is the activity's marketoGUID (unique per change; consumers dedupe on it); rows of a bulk
+    lead export carry `bulk:<leadId>:<updatedAt ms>`. `timestamp` is when the change happened (ms).
+    """
+
+    lead_id: int = Field(..., ge=1)
+    marketo_guid: str = Field(..., min_length=1)
+    change_type: str = "lead_change"  # lead_change | new_lead | bulk_export
+    activity_type_id: Optional[int] = None
+    email: Optional[str] = None
+    first_name: Optional[str] = None
+    last_name: Optional[str] = None
+    company: Optional[str] = None
+    title: Optional[str] = None
+    phone: Optional[str] = None
+    lead_source: Optional[str] = None
+    lead_status: Optional[str] = None
+    lead_score: Optional[int] = None
+    country: Optional[str] = None
+    state: Optional[str] = None
+    city: Optional[str] = None
+    created_at_ms: Optional[int] = None
+    updated_at_ms: Optional[int] = None
+    changes: List[LeadFieldChange] = Field(default_factory=list)
+    attributes: Dict[str, Any] = Field(default_factory=dict)
+
+
 CONTRACTS = {
+    "marketo.leads.delta": MarketoLeadDelta,
     "text.agent.turn.completed": AgentTurnCompleted,
 }
