@@ -1,0 +1,274 @@
+"""Redis hot session state: `WriteSessionState`, pipelined and guarded so replays and late events are harmless.
+
+Input: one plain dict per agent turn (extra keys are ignored):
+
+    {"session_id": "s-1",              # required
+     "turn_id": "t-7",                 # required; counted once per session in the metrics
+     "seq": 7,                         # required int: the turn's order within the session (the guard)
+     "event_time_ms": 1767225600000,   # required int: event time, epoch ms
+     "message": "hi [EMAIL]",          # the REDACTED text of the turn (callers redact first)
+     "channel": "web_chat",            # optional, default "text"
+     "status": "active",               # optional, default "active"
+     "response_time_ms": 812.0}        # optional: the agent's latency for this turn
+
+Keys written (hashes, every one with the TTL, refreshed on each write):
+
+    session:{session_id}:state    last_turn_id, last_message, seq, updated_at (ISO-8601 UTC, event time),
+                                  channel, status
+    session:{session_id}:metrics  total_turns, avg_response_time (ms), last_activity (ISO-8601 UTC),
+                                  plus response_time_sum/response_time_count/last_activity_ms for the running
+                                  average and the max
+    session:{session_id}:turns    set of turn ids already counted (keeps the metrics exact under replay)
+
+The guard is one Lua script per event (atomic on the server): the state hash is replaced only when the
+event's `seq` is greater than the stored one, so a late or replayed event never overwrites newer state; the
+metrics count a turn only the first time its turn_id is seen (SADD), so replays never double-count, while a
+late turn still counts. All values derive from the event (no wall clock), so writing twice yields the same
+state. Events are sent `batch_size` at a time in one pipeline (one round trip). Connection errors retry
+with bounded jittered backoff (the script is idempotent, so re-sending a whole batch is safe); an event the
+script refuses, or that lacks required fields, becomes a dead letter.
+
+Keys use the seed's plain `session:<id>:...` names; on a Redis Cluster the three keys of one script would
+need a hash tag (`session:{<id>}:...`), which DigitalOcean Managed Redis (not clustered) does not need.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
+
+from io_connectors import settings as _settings
+from io_connectors.retry import with_retries
+from io_connectors.settings import RedisSettings
+from transforms.dead_letters import DeadLetter, ErrorKind, Tags
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_SECONDS = 7 * 24 * 3600
+
+# KEYS: state, metrics, turns. ARGV: seq, turn_id, message, updated_at, channel, status, response_time_ms
+# ('' = unknown), event_ms, ttl_seconds. Returns 1 if the state moved forward, +2 if the turn was counted.
+_GUARD_LUA = """
+local seq = tonumber(ARGV[1])
+local result = 0
+local stored = redis.call('HGET', KEYS[1], 'seq')
+if (not stored) or tonumber(stored) < seq then
+  redis.call('HSET', KEYS[1], 'last_turn_id', ARGV[2], 'last_message', ARGV[3], 'seq', ARGV[1],
+             'updated_at', ARGV[4], 'channel', ARGV[5], 'status', ARGV[6])
+  result = 1
+end
+if redis.call('SADD', KEYS[3], ARGV[2]) == 1 then
+  local n = redis.call('HINCRBY', KEYS[2], 'total_turns', 1)
+  if ARGV[7] ~= '' then
+    local sum = tonumber(redis.call('HINCRBYFLOAT', KEYS[2], 'response_time_sum', ARGV[7]))
+    local cnt = redis.call('HINCRBY', KEYS[2], 'response_time_count', 1)
+    redis.call('HSET', KEYS[2], 'avg_response_time', string.format('%.1f', sum / cnt))
+  end
+  local last = tonumber(redis.call('HGET', KEYS[2], 'last_activity_ms') or '-1')
+  if tonumber(ARGV[8]) > last then
+    redis.call('HSET', KEYS[2], 'last_activity_ms', ARGV[8], 'last_activity', ARGV[4])
+  end
+  result = result + 2
+end
+local ttl = tonumber(ARGV[9])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
+return result
+"""
+
+REQUIRED = ("session_id", "turn_id", "seq", "event_time_ms")
+
+
+def state_key(session_id: str) -> str:
+    return f"session:{session_id}:state"
+
+
+def metrics_key(session_id: str) -> str:
+    return f"session:{session_id}:metrics"
+
+
+def turns_key(session_id: str) -> str:
+    return f"session:{session_id}:turns"
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def script_args(event: Dict[str, Any], ttl_seconds: int) -> Tuple[List[str], List[Any]]:
+    """(keys, argv) of the guard script for one event; ValueError when a required field is missing/bad."""
+    missing = [f for f in REQUIRED if event.get(f) in (None, "")]
+    if missing:
+        raise ValueError(f"missing required fields {missing}")
+    seq, event_ms = event["seq"], event["event_time_ms"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or isinstance(event_ms, bool) \
+            or not isinstance(event_ms, int):
+        raise ValueError("seq and event_time_ms must be integers")
+    sid = str(event["session_id"])
+    rt = event.get("response_time_ms")
+    if rt is not None and (isinstance(rt, bool) or not isinstance(rt, (int, float))):
+        raise ValueError("response_time_ms must be a number")
+    return ([state_key(sid), metrics_key(sid), turns_key(sid)],
+            [seq, str(event["turn_id"]), event.get("message") or "", _iso(event_ms),
+             event.get("channel") or "text", event.get("status") or "active",
+             "" if rt is None else repr(float(rt)), event_ms, int(ttl_seconds)])
+
+
+def connect(settings: Optional[RedisSettings] = None, timeout_s: float = 5.0):
+    """A redis-py client from RedisSettings (AUTH with optional ACL user; TLS with REDIS_TLS_CA_FILE)."""
+    import redis
+
+    s = settings or RedisSettings.from_env()
+    kwargs: Dict[str, Any] = dict(host=s.host, port=s.port, db=s.db, password=s.password or None,
+                                  username=s.username or None, socket_timeout=timeout_s,
+                                  socket_connect_timeout=timeout_s, health_check_interval=30)
+    if s.tls:
+        kwargs.update(ssl=True, ssl_cert_reqs="required", ssl_ca_certs=_settings.get("REDIS_TLS_CA_FILE"))
+    return redis.Redis(**kwargs)
+
+
+def is_transient(exc: BaseException) -> bool:
+    import redis
+
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                            redis.exceptions.TryAgainError))
+
+
+class SessionStateWriter:
+    """The client and the guard script; `write(events)` sends a batch in one pipeline round trip.
+
+    Returns the events refused, as (event, reason). Usable without Beam (tests, the benchmark).
+    """
+
+    def __init__(self, ttl_seconds: int = DEFAULT_TTL_SECONDS, max_attempts: int = 6,
+                 settings: Optional[RedisSettings] = None):
+        self.ttl, self.max_attempts, self.settings = ttl_seconds, max_attempts, settings
+        self.client = None
+        self.retries = 0
+
+    def connect(self) -> None:
+        self.client = connect(self.settings)
+        self._sha = self.client.script_load(_GUARD_LUA)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def _send(self, calls: List[Tuple[List[str], List[Any]]]) -> List[Any]:
+        import redis
+
+        if self.client is None:
+            self.connect()
+        pipe = self.client.pipeline(transaction=False)
+        for keys, argv in calls:
+            pipe.evalsha(self._sha, len(keys), *keys, *argv)
+        results = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+            self._sha = self.client.script_load(_GUARD_LUA)  # server restarted without its script cache
+            raise redis.ConnectionError("script cache was flushed; batch re-sent")
+        return results
+
+    def _on_retry(self, _exc: BaseException) -> None:
+        self.retries += 1
+        try:
+            self.close()
+            self.connect()
+        except Exception:  # noqa: BLE001 - still down; the next attempt reports it
+            self.client = None
+
+    def write(self, events: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], str]]:
+        refused: List[Tuple[Dict[str, Any], str]] = []
+        calls, sent = [], []
+        for e in events:
+            try:
+                calls.append(script_args(e, self.ttl))
+                sent.append(e)
+            except (ValueError, TypeError, KeyError) as err:
+                refused.append((e, f"invalid session event: {err}"))
+        if not calls:
+            return refused
+        results = with_retries(lambda: self._send(calls), is_transient, max_attempts=self.max_attempts,
+                               what="redis session state", on_retry=self._on_retry)
+        refused += [(e, f"{type(r).__name__}: {r}") for e, r in zip(sent, results) if isinstance(r, Exception)]
+        return refused
+
+
+class _WriteSessionStateFn(beam.DoFn):
+    def __init__(self, ttl_seconds: int, batch_size: int, max_attempts: int,
+                 settings: Optional[RedisSettings], source_topic: Optional[str]):
+        self._ttl, self._batch_size, self._max_attempts = ttl_seconds, batch_size, max_attempts
+        self._settings, self._source_topic = settings, source_topic
+        self._written = Metrics.counter(self.__class__, "session_events_written")
+        self._retries = Metrics.counter(self.__class__, "redis_transient_retries")
+        self._dead = Metrics.counter(self.__class__, "redis_dead_letters")
+        self._batch_ms = Metrics.distribution(self.__class__, "redis_batch_latency_ms")
+        self._writer: Optional[SessionStateWriter] = None
+
+    def setup(self):
+        self._writer = SessionStateWriter(self._ttl, self._max_attempts, self._settings)
+        self._writer.connect()
+
+    def teardown(self):
+        if self._writer is not None:
+            self._writer.close()
+
+    def start_bundle(self):
+        self._buffers: Dict[Any, List[Tuple[Dict[str, Any], Any]]] = defaultdict(list)
+
+    def process(self, event: Dict[str, Any], window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+        buf = self._buffers[window]
+        buf.append((event, timestamp))
+        if len(buf) >= self._batch_size:
+            self._buffers[window] = []
+            yield from self._flush(window, buf)
+
+    def finish_bundle(self):
+        buffers, self._buffers = self._buffers, defaultdict(list)
+        for window, buf in buffers.items():
+            yield from self._flush(window, buf)
+
+    def _flush(self, window, buf):
+        t0 = time.monotonic()
+        retries_before = self._writer.retries
+        refused = self._writer.write([e for e, _ in buf])
+        self._retries.inc(self._writer.retries - retries_before)
+        self._batch_ms.update(int((time.monotonic() - t0) * 1000))
+        self._written.inc(len(buf) - len(refused))
+        ts_of = {id(e): ts for e, ts in buf}
+        for event, reason in refused:
+            self._dead.inc()
+            ts = ts_of[id(event)]
+            dl = DeadLetter.of(json.dumps(event, default=str, sort_keys=True).encode(), step="WriteSessionState",
+                               error_class=ErrorKind.SINK_PERMANENT.value, error_message=reason,
+                               topic=self._source_topic, event_time_ms=int(ts.micros // 1000))
+            yield beam.pvalue.TaggedOutput(Tags.DEAD_LETTER.value, WindowedValue(dl, ts, [window]))
+
+
+class WriteSessionState(beam.PTransform):
+    """PCollection[dict] (see the module docstring) -> Redis hot session state; returns dead letters."""
+
+    def __init__(self, ttl_seconds: int = DEFAULT_TTL_SECONDS, batch_size: int = 500, max_attempts: int = 6,
+                 settings: Optional[RedisSettings] = None, source_topic: Optional[str] = None,
+                 label: Optional[str] = None):
+        super().__init__(label)
+        if ttl_seconds < 0 or batch_size < 1 or max_attempts < 1:
+            raise ValueError("ttl_seconds must be >= 0 (0 = no expiry); batch_size, max_attempts >= 1")
+        self._fn = _WriteSessionStateFn(ttl_seconds, batch_size, max_attempts, settings, source_topic)
+
+    def expand(self, events):
+        out = events | "WriteSessionState" >> beam.ParDo(self._fn).with_outputs(
+            Tags.DEAD_LETTER.value, main="written")
+        return out[Tags.DEAD_LETTER.value]
