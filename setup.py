@@ -18,5 +18,8 @@ setup(
         "boto3>=1.28",
         "pydantic>=2.5",
         "requests>=2.31",
+        "phonenumbers>=8.13",
+        "user-agents>=2.2",
+        "ua-parser>=1.0",
     ],
 )

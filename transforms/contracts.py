@@ -1,26 +1,41 @@
-"""Event contracts: one typed, versioned pydantic model per event type.
+"""Event contracts: one typed, versioned pydantic model per event type, and `CONTRACTS` {topic: model}.
 
 Rules every model follows:
-- `schema_version` names the contract version the producer wrote (default: the current one);
-- timestamps are epoch milliseconds (`timestamp`), validated for plausibility by `ValidateEvents`;
-- unknown extra fields are kept (`extra="allow"`), and reported in `transformation_metadata`;
-- a missing required field or a wrong type is an error (a dead letter, never a crash).
+- `schema_version` names the contract version the producer wrote; a version newer than the model knows
+  (`SCHEMA_VERSION`) is an error, older ones are accepted (fields are only ever added, optional);
+- timestamps are epoch milliseconds (`timestamp` and every `*_ms` field), validated for plausibility by
+  `ValidateEvents`;
+- unknown extra fields are kept (`extra="allow"`) and listed in `transformation_metadata`;
+- a missing required field or a wrong type is an error (a dead letter, never a crash). Models are strict:
+  "5" is not an int. `MarketoLeadDelta` alone stays lax, because Marketo's REST API types loosely;
+- `account_id` is the tenant (the customer whose site runs the widget); billing aggregates on it.
+
+JSON Schema for producers in other languages: `python -m transforms.export_schemas` writes `schemas/`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from io_connectors import topics
 
 
 class EventModel(BaseModel):
-    """Base of every contract: extra fields allowed and kept, strict-ish types, epoch-ms timestamp."""
+    """Base of every contract: extra fields allowed and kept, epoch-ms timestamp, versioned.
+
+    `transformation_metadata()` is what the transform layer learnt about the event (extra fields, PII
+    kinds and counts redacted, scorer version); it is never part of the payload, so it is a private attr.
+    """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False)
+    SCHEMA_VERSION: ClassVar[int] = 1
 
-    schema_version: int = 1
+    schema_version: int = Field(1, ge=1, description="contract version the producer wrote")
     timestamp: int = Field(..., description="event time, epoch milliseconds")
+
+    _meta: Dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -28,14 +43,41 @@ class EventModel(BaseModel):
         # bool is an int subclass; a float with a fraction is a unit mistake, not a timestamp in ms.
         if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
             raise ValueError("timestamp must be an integer number of epoch milliseconds")
-        return v
+        return int(v) if isinstance(v, float) else v
+
+    @model_validator(mode="after")
+    def _known_version(self) -> "EventModel":
+        if self.schema_version > self.SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version} is newer than this consumer knows "
+                             f"({self.SCHEMA_VERSION})")
+        return self
 
     def extra_fields(self) -> Dict[str, Any]:
         return dict(self.__pydantic_extra__ or {})
 
+    def transformation_metadata(self) -> Dict[str, Any]:
+        """A copy of the metadata the transform layer attached (schema version always included)."""
+        return {"schema_version": self.schema_version, **self._meta}
 
-class AgentTurnCompleted(EventModel):
-    """`text.agent.turn.completed`: one finished conversation turn of the text agent."""
+    def with_metadata(self, update: Optional[Dict[str, Any]] = None, **fields: Any) -> "EventModel":
+        """A copy with `fields` replaced and `update` merged into the metadata; the original is unchanged
+        (Beam elements may be shared between branches, so transforms never mutate their input)."""
+        copy = self.model_copy(update=fields) if fields else self.model_copy()
+        copy._meta = {**self._meta, **(update or {})}
+        return copy
+
+
+class StrictEventModel(EventModel):
+    """Contracts we own end to end: no type coercion ("5" is not an int, 1.5 is not an int)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+# --- text-agent-server ------------------------------------------------------------------------------------
+
+class AgentTurnCompleted(StrictEventModel):
+    """`text.agent.turn.completed`: one finished conversation turn of the text agent (seed integration
+    guide payload, plus `account_id`)."""
 
     event_type: str = "text_agent.turn_completed"
     session_id: str = Field(..., min_length=1, max_length=100)
@@ -50,9 +92,119 @@ class AgentTurnCompleted(EventModel):
     response_text: str = ""
     user_message: Optional[str] = None
     tools_used: List[str] = Field(default_factory=list)
-    tool_results: Dict[str, Any] = Field(default_factory=dict)
-    conversation_context: Dict[str, Any] = Field(default_factory=dict)
+    tool_results: Dict[str, Any] = Field(default_factory=dict, description="{tool name: {success: bool}}")
+    conversation_context: Dict[str, Any] = Field(
+        default_factory=dict, description="previous_turns, topic_history, user_intent")
 
+
+class AgentToolInvoked(StrictEventModel):
+    """`agent.tool.invoked`: one tool call made by the agent while answering a turn."""
+
+    event_type: str = "agent.tool_invoked"
+    invocation_id: str = Field(..., min_length=1, max_length=100, description="unique per call")
+    session_id: str = Field(..., min_length=1, max_length=100)
+    turn_id: Optional[str] = Field(None, max_length=100)
+    user_id: Optional[str] = None
+    account_id: Optional[str] = Field(None, description="tenant that billing aggregates on")
+    tool_name: str = Field(..., min_length=1, max_length=100)
+    success: bool
+    latency_ms: float = Field(..., ge=0)
+    error_message: Optional[str] = None
+    arguments: Dict[str, Any] = Field(default_factory=dict, description="tool input; may hold PII")
+    result_summary: Optional[str] = None
+    input_bytes: Optional[int] = Field(None, ge=0)
+    output_bytes: Optional[int] = Field(None, ge=0)
+
+
+class AgentSessionUpdated(StrictEventModel):
+    """`text.agent.session.updated`: a change of a conversation's state (the Redis hot-state fields)."""
+
+    event_type: str = "text_agent.session_updated"
+    session_id: str = Field(..., min_length=1, max_length=100)
+    seq: int = Field(..., ge=0, description="monotonic per session: newer state has a larger seq")
+    user_id: Optional[str] = None
+    account_id: Optional[str] = Field(None, description="tenant that billing aggregates on")
+    channel: str = "web_chat"
+    status: str = Field("active", description="active | idle | escalated | ended")
+    last_turn_id: Optional[str] = None
+    last_message: Optional[str] = None
+    total_turns: int = Field(0, ge=0)
+    avg_response_time_ms: Optional[float] = Field(None, ge=0)
+    started_at_ms: Optional[int] = None
+    ended_at_ms: Optional[int] = None
+
+
+# --- iheardAI_Frontend ------------------------------------------------------------------------------------
+
+class _FrontendBase(StrictEventModel):
+    session_id: str = Field(..., min_length=1, max_length=100)
+    user_id: Optional[str] = None
+    account_id: Optional[str] = Field(None, description="tenant whose site runs the widget")
+    page_url: Optional[str] = None
+    user_agent: Optional[str] = None
+    country: Optional[str] = None
+    timezone: Optional[str] = None
+
+
+class FrontendUserInteraction(_FrontendBase):
+    """`frontend.user.interaction`: one UI event of the seed's `trackEvent` payload.
+
+    `event_type` follows the funnel: page_view, widget_open, user_message (or message_sent),
+    product_interest, conversion; plus click, scroll, form_submit... `event_id` is optional for producers
+    that predate it; the row builder then derives a deterministic one.
+    """
+
+    event_type: str = Field(..., min_length=1, max_length=50)
+    event_id: Optional[str] = Field(None, min_length=1, max_length=100)
+    page_title: Optional[str] = None
+    referrer: Optional[str] = None
+    screen_resolution: Optional[str] = None
+    viewport_size: Optional[str] = None
+    widget_id: Optional[str] = None
+    interaction_type: Optional[str] = None
+    time_on_page: Optional[int] = Field(None, ge=0, description="seconds since the page loaded")
+    element_id: Optional[str] = None
+    element_class: Optional[str] = None
+    element_text: Optional[str] = None
+    click_coordinates: Optional[Dict[str, float]] = None
+    message_length: Optional[int] = Field(None, ge=0)
+
+
+class FrontendSessionAnalytics(_FrontendBase):
+    """`frontend.session.analytics`: a browser session's summary, sent on page hide and at session end."""
+
+    event_type: str = "frontend.session_analytics"
+    started_at_ms: int
+    ended_at_ms: Optional[int] = None
+    duration_ms: int = Field(0, ge=0)
+    page_views: int = Field(0, ge=0)
+    interactions: int = Field(0, ge=0)
+    widget_opens: int = Field(0, ge=0)
+    messages_sent: int = Field(0, ge=0)
+    landing_page: Optional[str] = None
+    exit_page: Optional[str] = None
+    referrer: Optional[str] = None
+    utm_source: Optional[str] = None
+    utm_medium: Optional[str] = None
+    utm_campaign: Optional[str] = None
+    is_bounce: bool = False
+
+
+class FrontendWidgetPerformance(_FrontendBase):
+    """`frontend.widget.performance`: load and responsiveness of the chat widget on one page view."""
+
+    event_type: str = "frontend.widget_performance"
+    widget_id: str = Field(..., min_length=1, max_length=100)
+    widget_version: Optional[str] = None
+    load_time_ms: float = Field(..., ge=0)
+    time_to_interactive_ms: Optional[float] = Field(None, ge=0)
+    first_response_ms: Optional[float] = Field(None, ge=0, description="first agent reply after a message")
+    js_errors: int = Field(0, ge=0)
+    render_errors: int = Field(0, ge=0)
+    connection_type: Optional[str] = None
+
+
+# --- Marketo ----------------------------------------------------------------------------------------------
 
 class LeadFieldChange(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -91,7 +243,34 @@ class MarketoLeadDelta(EventModel):
     attributes: Dict[str, Any] = Field(default_factory=dict)
 
 
+# --- billing ----------------------------------------------------------------------------------------------
+
+class BillingUsageMetered(StrictEventModel):
+    """`billing.usage.metered`: usage of one account in one event-time hour (the `billing_usage` row).
+
+    A later correction of the same (account_id, hour_start_ms) carries a larger `revision`; consumers keep
+    the largest. `timestamp` is when this revision was emitted.
+    """
+
+    event_type: str = "billing.usage_metered"
+    account_id: str = Field(..., min_length=1, max_length=100)
+    hour_start_ms: int = Field(..., ge=0, description="start of the event-time hour, epoch ms")
+    turns: int = Field(0, ge=0)
+    tokens_in: int = Field(0, ge=0)
+    tokens_out: int = Field(0, ge=0)
+    tool_invocations: int = Field(0, ge=0)
+    estimated_cost_usd: float = Field(0.0, ge=0)
+    revision: int = Field(0, ge=0)
+    is_final: bool = False
+
+
 CONTRACTS = {
-    "marketo.leads.delta": MarketoLeadDelta,
-    "text.agent.turn.completed": AgentTurnCompleted,
+    topics.FRONTEND_INTERACTION: FrontendUserInteraction,
+    topics.FRONTEND_SESSION: FrontendSessionAnalytics,
+    topics.FRONTEND_WIDGET: FrontendWidgetPerformance,
+    topics.TURNS: AgentTurnCompleted,
+    topics.TOOLS: AgentToolInvoked,
+    topics.SESSIONS: AgentSessionUpdated,
+    topics.LEADS: MarketoLeadDelta,
+    topics.BILLING: BillingUsageMetered,
 }

@@ -31,6 +31,8 @@ class ErrorKind(str, Enum):
     NOT_OBJECT = "not_a_json_object"
     SCHEMA = "schema_violation"
     TIMESTAMP = "implausible_timestamp"
+    UNKNOWN_TOPIC = "unknown_topic"
+    TRANSFORM = "transform_error"  # a bug in redaction or scoring: the event is kept as a dead letter
     SINK_PERMANENT = "sink_permanent_error"
 
 
@@ -57,6 +59,13 @@ class DeadLetter:
             payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         return cls(payload, encoding, topic, partition, offset, step, error_class, error_message[:2000],
                    event_time_ms, int(time.time() * 1000))
+
+    @classmethod
+    def of_event(cls, event, *, step: str, error: BaseException, topic: Optional[str] = None) -> "DeadLetter":
+        """A dead letter for a typed event that a later step (redaction, scoring) could not handle."""
+        return cls.of(event.model_dump_json(by_alias=True).encode(), step=step, error_class=ErrorKind.TRANSFORM.value,
+                      error_message=f"{type(error).__name__}: {error}", topic=topic,
+                      event_time_ms=getattr(event, "timestamp", None))
 
     def raw_payload(self) -> bytes:
         return base64.b64decode(self.payload) if self.payload_encoding == "base64" else self.payload.encode()

@@ -1,0 +1,491 @@
+"""PII redaction: pure detectors and replacers, a per-field policy from config, and the `RedactPii` composite.
+
+Detected in free text (agent responses, user messages, element text, URLs with their query strings,
+referrers, nested JSON): email addresses, phone numbers in national and international formats (Google's
+libphonenumber port, `phonenumbers`, over the policy's regions), IPv4 and IPv6 addresses (validated by
+`ipaddress`), credit card numbers (Luhn-checked, issuer prefix 2-6), US SSNs (valid area/group/serial ranges;
+undelimited only next to an SSN keyword) and IBANs (country length and mod-97 checksum). Person names are
+replaced where a field is known to hold one. Each finding becomes a token such as `<EMAIL>`; identifier fields
+that must stay joinable get a keyed pseudonym (HMAC-SHA256; key from `PII_HMAC_KEY` or the file named by
+`PII_HMAC_KEY_FILE`, never logged or pickled into the pipeline graph).
+
+The per-field policy lives in `config/pii_policy.json` (or the file named by `PII_POLICY_FILE`); it is read
+and checked when the pipeline is built. `transformation_metadata()["pii"]` records the kinds and counts
+redacted and which fields were pseudonymized, never the values.
+
+Quality on the labelled set: `python benchmarks/pii_quality.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+import apache_beam as beam
+import phonenumbers
+from apache_beam.metrics import Metrics
+from pydantic import BaseModel
+
+from transforms.contracts import CONTRACTS, EventModel
+from transforms.dead_letters import DeadLetter, ErrorKind, Tags
+
+EMAIL, PHONE, IP, CARD, SSN, IBAN, PERSON = "email", "phone", "ip_address", "credit_card", "us_ssn", "iban", "person"
+KINDS = (EMAIL, PHONE, IP, CARD, SSN, IBAN, PERSON)
+TOKENS = {k: f"<{k.upper()}>" for k in KINDS}
+ACTIONS = ("keep", "scan", "url", "person", "phone", "pseudonymize", "pseudonymize_email", "field_changes", "drop")
+DEFAULT_POLICY_FILE = Path(__file__).resolve().parent.parent / "config" / "pii_policy.json"
+KEY_ENV, KEY_FILE_ENV, POLICY_ENV = "PII_HMAC_KEY", "PII_HMAC_KEY_FILE", "PII_POLICY_FILE"
+MIN_KEY_BYTES = 16
+
+Counts = Dict[str, int]
+
+# --- detectors --------------------------------------------------------------------------------------------
+
+_TRIGGER = re.compile(r"[\d@:]")  # every detector needs a digit, an '@' or a ':' (IPv6 such as fe80::a)
+_DIGIT = re.compile(r"\d")
+_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-']+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+_CARD_RE = re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?!\d)")
+_SSN_RE = re.compile(r"(?<![\d\-.])(\d{3})([\- .])(\d{2})\2(\d{4})(?![\d\-]|\.\d)")
+_SSN_BARE_RE = re.compile(r"(?<![\d\-])(\d{3})(\d{2})(\d{4})(?!\d)")
+_SSN_WORD = re.compile(r"(?i)\b(?:ssn|ss#|social\s+security|taxpayer|tin)\b")
+_SSN_CONTEXT = re.compile(r"(?i)\b(?:ssn|ss#|social\s+security|taxpayer|tin)\b[^\n]{0,30}$")
+_IBAN_RE = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){11,34})")
+_IPV4_RE = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+                      r"(?!\.?\d|\w)")
+_IPV6_RE = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{2,39}"
+                      r"(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?(?:%[\w.]+)?(?![\w.]*\w)")
+_PHONE_CANDIDATE = re.compile(r"(?:\+|\b)\d(?:[\d\-. ()/]*\d){6,}")
+_PHONE_EXCLUDE = re.compile(r"(?i)(?:#|\b(?:order|invoice|ticket|tracking|ref|reference|sku|po|case|id|serial|"
+                            r"isbn|version|build|account|acct|zip|postcode|confirmation|booking)"
+                            r"(?:\s*(?:number|no\.?|num|id|code|#))?)\s*[:#]?\s*$")
+_PHONE_CONTEXT = re.compile(r"(?i)\b(?:call|phone|tel|telephone|mobile|cell|text|sms|whatsapp|fax|contact|"
+                            r"reach|dial|ring|number|no)\b[^\n]{0,25}$")
+
+# ISO 13616 lengths per country code (SWIFT IBAN registry).
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "BY": 28,
+    "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
+    "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20,
+    "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15,
+    "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19,
+    "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn (mod 10) check: double every second digit from the right, sum digits, divisible by 10."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(compact: str) -> bool:
+    """Country length from the registry and ISO 7064 mod-97-10 == 1 (letters A=10 .. Z=35)."""
+    compact = compact.upper()
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact[2:4].isdigit():
+        return False
+    rearranged = compact[4:] + compact[:4]
+    try:
+        return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+    except ValueError:
+        return False
+
+
+def ssn_valid(area: str, group: str, serial: str) -> bool:
+    """SSA rules: area not 000, 666 or 900-999; group not 00; serial not 0000; not one repeated digit."""
+    whole = area + group + serial
+    return (area != "000" and area != "666" and area[0] != "9" and group != "00" and serial != "0000"
+            and len(set(whole)) > 1)
+
+
+def _card_sub(m: "re.Match", counts: Counts) -> str:
+    text = m.group()
+    positions = [i for i, c in enumerate(text) if c.isdigit()]
+    # The run may carry a CVV or year after the number: try the common lengths on separator boundaries.
+    for n in (16, 15, 19, 18, 17, 14, 13):
+        if n > len(positions):
+            continue
+        end = positions[n - 1] + 1
+        if end != len(text) and text[end] not in " -":
+            continue
+        digits = "".join(text[i] for i in positions[:n])
+        if digits[0] in "23456" and luhn_valid(digits):
+            counts[CARD] = counts.get(CARD, 0) + 1
+            return TOKENS[CARD] + text[end:]
+    return text
+
+
+def _iban_sub(m: "re.Match", counts: Counts) -> str:
+    text = m.group()
+    length = IBAN_LENGTHS.get(text[:2].upper())
+    if length is None:
+        return text
+    # The greedy match may run into the next word: cut it at the country's length, then check.
+    alnum = [i for i, c in enumerate(text) if c.isalnum()]
+    if len(alnum) < length:
+        return text
+    end = alnum[length - 1] + 1
+    if end < len(text) and text[end].isalnum():
+        return text  # the run goes on without a separator: longer than an IBAN of that country
+    compact = "".join(text[i] for i in alnum[:length])
+    if not iban_valid(compact):
+        return text
+    counts[IBAN] = counts.get(IBAN, 0) + 1
+    return TOKENS[IBAN] + text[end:]
+
+
+def _ssn_sub(m: "re.Match", counts: Counts) -> str:
+    if not ssn_valid(m.group(1), m.group(3), m.group(4)):
+        return m.group()
+    counts[SSN] = counts.get(SSN, 0) + 1
+    return TOKENS[SSN]
+
+
+def _redact_bare_ssns(text: str, counts: Counts) -> str:
+    def sub(m):
+        if ssn_valid(m.group(1), m.group(2), m.group(3)) and _SSN_CONTEXT.search(text, 0, m.start()):
+            counts[SSN] = counts.get(SSN, 0) + 1
+            return TOKENS[SSN]
+        return m.group()
+    return _SSN_BARE_RE.sub(sub, text)
+
+
+def _ip_sub(m: "re.Match", counts: Counts, v6: bool) -> str:
+    cand = m.group()
+    try:
+        (ipaddress.IPv6Address if v6 else ipaddress.IPv4Address)(cand.split("%")[0])
+    except ValueError:
+        return cand
+    counts[IP] = counts.get(IP, 0) + 1
+    return TOKENS[IP]
+
+
+def _redact_phones(text: str, regions: Tuple[str, ...], counts: Counts) -> str:
+    if not any(len(_DIGIT.findall(c.group())) >= 7 for c in _PHONE_CANDIDATE.finditer(text)):
+        return text
+    for region in regions:
+        pieces, last = [], 0
+        for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+            raw, start = match.raw_string, match.start
+            before = text[max(0, start - 40):start]
+            if _PHONE_EXCLUDE.search(before):
+                continue  # "order #4155552671", "invoice no. 2025550143": business identifiers
+            bare = raw.isdigit()
+            if bare and not _PHONE_CONTEXT.search(before):
+                continue  # an undelimited digit run is a phone only next to a phone keyword
+            pieces.append(text[last:start])
+            pieces.append(TOKENS[PHONE])
+            last = match.end
+            counts[PHONE] = counts.get(PHONE, 0) + 1
+        if pieces:
+            pieces.append(text[last:])
+            text = "".join(pieces)
+    return text
+
+
+def redact_text(text: str, regions: Tuple[str, ...] = ("US",), counts: Optional[Counts] = None
+                ) -> Tuple[str, Counts]:
+    """Replace every PII finding in free text by its token; return (text, {kind: count}).
+
+    Order matters: emails first (they may hold digits), then IBANs, cards, SSNs and IPs (specific shapes with
+    checksums or ranges), phones last (the broadest matcher, run only when a 7+ digit run exists).
+    """
+    counts = {} if counts is None else counts
+    if not text or not _TRIGGER.search(text):
+        return text, counts
+    if "@" in text:
+        text = _EMAIL_RE.sub(lambda m: _count(counts, EMAIL), text)
+    if _DIGIT.search(text):
+        text = _IBAN_RE.sub(lambda m: _iban_sub(m, counts), text)
+        text = _CARD_RE.sub(lambda m: _card_sub(m, counts), text)
+        text = _SSN_RE.sub(lambda m: _ssn_sub(m, counts), text)
+        if _SSN_WORD.search(text):
+            text = _redact_bare_ssns(text, counts)
+        if "." in text:
+            text = _IPV4_RE.sub(lambda m: _ip_sub(m, counts, False), text)
+    if ":" in text:
+        text = _IPV6_RE.sub(lambda m: _ip_sub(m, counts, True), text)
+    if _DIGIT.search(text):
+        text = _redact_phones(text, regions, counts)
+    return text, counts
+
+
+def _count(counts: Counts, kind: str) -> str:
+    counts[kind] = counts.get(kind, 0) + 1
+    return TOKENS[kind]
+
+
+_QUERY_KEY_KINDS = {
+    **dict.fromkeys(("email", "e-mail", "mail", "emailaddress", "email_address", "user_email"), EMAIL),
+    **dict.fromkeys(("phone", "tel", "telephone", "mobile", "phone_number", "phonenumber", "cell"), PHONE),
+    **dict.fromkeys(("name", "first_name", "firstname", "last_name", "lastname", "full_name", "fullname",
+                     "fname", "lname", "given_name", "family_name", "surname"), PERSON),
+    **dict.fromkeys(("ssn", "social_security_number"), SSN),
+    **dict.fromkeys(("ip", "ip_address", "client_ip"), IP),
+    **dict.fromkeys(("iban",), IBAN),
+    **dict.fromkeys(("card", "card_number", "cc", "ccnum", "credit_card"), CARD),
+}
+
+
+def redact_url(url: str, regions: Tuple[str, ...] = ("US",), counts: Optional[Counts] = None
+               ) -> Tuple[str, Counts]:
+    """Redact a URL part by part: user info, host, path, each query value (percent-decoded first, so
+    `jane%40acme.com` is found; values of keys such as `email` or `name` are replaced whole) and fragment.
+    The URL is rebuilt only when something was found, so clean URLs stay byte for byte the same."""
+    counts = {} if counts is None else counts
+    if not url:
+        return url, counts
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced '[' in the host: fall back to plain text
+        return redact_text(unquote(url), regions, counts)
+    before = dict(counts)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{_count(counts, EMAIL) if '@' in unquote(userinfo) else '<USER>'}@{host}"
+    netloc = redact_text(netloc, regions, counts)[0]
+    path = parts.path
+    if _TRIGGER.search(unquote(path)):
+        red = redact_text(unquote(path), regions, counts)[0]
+        if red != unquote(path):
+            path = quote(red, safe="/<>@:;,=+$!*'()~")
+    query = parts.query
+    if query:
+        pairs, changed = [], False
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            kind = _QUERY_KEY_KINDS.get(key.lower())
+            if kind and value and not (value.startswith("<") and value.endswith(">")):
+                new = _count(counts, kind)
+            else:
+                new = redact_text(value, regions, counts)[0]
+            changed |= new != value
+            pairs.append((key, new))
+        if changed:
+            query = urlencode(pairs, safe="<>/:,")
+    fragment = redact_text(unquote(parts.fragment), regions, counts)[0] if parts.fragment else ""
+    if counts == before:
+        return url, counts
+    return urlunsplit((parts.scheme, netloc, path, query, fragment or parts.fragment)), counts
+
+
+def pseudonymize(value: str, key: bytes) -> str:
+    """Keyed pseudonym: `ps_` + first 32 hex digits (128 bits) of HMAC-SHA256(key, value). Deterministic for
+    one key, so joins across tables and topics still work; without the key it cannot be reversed or
+    recomputed from a guessed value."""
+    return "ps_" + hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def pseudonymize_email(value: str, key: bytes) -> str:
+    """Pseudonym of the lower-cased address with its domain kept (`ps_...@acme.com`): lead scoring needs the
+    domain (free-mail vs corporate), and the same person stays joinable across sources."""
+    local, at, domain = value.strip().rpartition("@")
+    if not at:
+        return pseudonymize(value.strip().lower(), key)
+    return f"{pseudonymize(value.strip().lower(), key)}@{domain.lower()}"
+
+
+def load_hmac_key(environ: Mapping[str, str] = os.environ) -> Optional[bytes]:
+    """The pseudonymization key from `PII_HMAC_KEY` or the file named by `PII_HMAC_KEY_FILE` (None when
+    neither is set). The key itself never appears in an error message or a log line."""
+    if environ.get(KEY_ENV):
+        key = environ[KEY_ENV].encode("utf-8")
+    elif environ.get(KEY_FILE_ENV):
+        key = Path(environ[KEY_FILE_ENV]).read_bytes().strip()
+    else:
+        return None
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"the PII HMAC key must be at least {MIN_KEY_BYTES} bytes (set {KEY_ENV} or {KEY_FILE_ENV})")
+    return key
+
+
+# --- policy -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PiiPolicy:
+    """Per-field actions by event model, the phone regions, and the action for extra fields."""
+
+    version: int
+    phone_regions: Tuple[str, ...]
+    extra_fields: str
+    fields: Dict[str, Dict[str, str]] = field(default_factory=dict)  # {model class name: {field: action}}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], contracts: Mapping[str, type] = CONTRACTS) -> "PiiPolicy":
+        """Check the document now (pipeline build time): unknown topics, fields, actions or regions fail."""
+        regions = tuple(doc.get("phone_regions", ("US",)))
+        for r in regions:
+            if r not in phonenumbers.SUPPORTED_REGIONS:
+                raise ValueError(f"PII policy: unknown phone region {r!r}")
+        extra = doc.get("extra_fields", "scan")
+        by_model: Dict[str, Dict[str, str]] = {}
+        for topic, spec in doc.get("topics", {}).items():
+            model = contracts.get(topic)
+            if model is None:
+                raise ValueError(f"PII policy: unknown topic {topic!r}")
+            for name, action in spec.items():
+                if action not in ACTIONS:
+                    raise ValueError(f"PII policy: {topic}.{name}: unknown action {action!r} (one of {ACTIONS})")
+                if name not in model.model_fields:
+                    raise ValueError(f"PII policy: {topic}: {model.__name__} has no field {name!r}")
+            by_model[model.__name__] = dict(spec)
+        if extra not in ACTIONS:
+            raise ValueError(f"PII policy: unknown extra_fields action {extra!r}")
+        return cls(int(doc.get("version", 1)), regions, extra, by_model)
+
+    @classmethod
+    def load(cls, path: Union[str, Path, None] = None) -> "PiiPolicy":
+        """From `path`, else `PII_POLICY_FILE`, else config/pii_policy.json."""
+        path = Path(path or os.environ.get(POLICY_ENV) or DEFAULT_POLICY_FILE)
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def needs_key(self) -> bool:
+        return any(a.startswith("pseudonymize") for spec in self.fields.values() for a in spec.values()) or \
+            self.extra_fields.startswith("pseudonymize")
+
+
+_CHANGE_FIELD_ACTIONS = {
+    **dict.fromkeys(("email", "emailaddress"), "pseudonymize_email"),
+    **dict.fromkeys(("firstname", "lastname", "fullname", "name", "middlename"), "person"),
+    **dict.fromkeys(("phone", "mobilephone", "phonenumber", "mainphone", "fax"), "phone"),
+}
+
+
+class Redactor:
+    """Applies a policy to events (pure; no Beam). `key` is needed only by pseudonymize actions."""
+
+    def __init__(self, policy: PiiPolicy, key: Optional[bytes] = None):
+        if key is None and policy.needs_key():
+            raise ValueError(f"the PII policy pseudonymizes fields: set {KEY_ENV} or {KEY_FILE_ENV}")
+        self.policy = policy
+        self._key = key
+        self._regions = policy.phone_regions
+
+    def text(self, text: str, counts: Optional[Counts] = None) -> Tuple[str, Counts]:
+        return redact_text(text, self._regions, counts)
+
+    def value(self, value: Any, action: str, counts: Counts) -> Any:
+        """One field's value under one action (strings, nested dicts/lists and models alike)."""
+        if value is None or action == "keep":
+            return value
+        if action == "drop":
+            return None
+        if isinstance(value, str):
+            if action == "scan":
+                return redact_text(value, self._regions, counts)[0]
+            if action == "url":
+                return redact_url(value, self._regions, counts)[0]
+            if action in ("person", "phone"):
+                kind = PERSON if action == "person" else PHONE
+                return _count(counts, kind) if value.strip() else value
+            if action == "pseudonymize":
+                return pseudonymize(value, self._key)
+            if action == "pseudonymize_email":
+                return pseudonymize_email(value, self._key)
+            return redact_text(value, self._regions, counts)[0]
+        if isinstance(value, BaseModel):
+            if action == "field_changes" and "field" in type(value).model_fields:
+                return self._change(value, counts)
+            return type(value).model_validate(self.value(value.model_dump(), action, counts))
+        if isinstance(value, dict):
+            return {k: self.value(v, action, counts) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.value(v, action, counts) for v in value]
+        return value  # numbers and booleans hold no free text
+
+    def _change(self, change: BaseModel, counts: Counts) -> BaseModel:
+        action = _CHANGE_FIELD_ACTIONS.get(str(change.field).replace("_", "").replace(" ", "").lower(), "scan")
+        return change.model_copy(update={
+            "old_value": self.value(change.old_value, action, counts),
+            "new_value": self.value(change.new_value, action, counts)})
+
+    def event(self, event: EventModel) -> Tuple[EventModel, Counts]:
+        """A redacted copy of `event` and the counts per kind; metadata gets `pii` (kinds, counts, fields
+        pseudonymized, policy version), never a value."""
+        spec = self.policy.fields.get(type(event).__name__, {})
+        counts: Counts = {}
+        updates: Dict[str, Any] = {}
+        pseudonymized = []
+        for name, action in spec.items():
+            old = getattr(event, name)
+            new = self.value(old, action, counts)
+            if new is not old and new != old:
+                updates[name] = new
+                if action.startswith("pseudonymize"):
+                    pseudonymized.append(name)
+        extra = event.__pydantic_extra__
+        if extra and self.policy.extra_fields != "keep":
+            for name, old in extra.items():
+                new = self.value(old, self.policy.extra_fields, counts)
+                if new != old:
+                    updates[name] = new
+        meta = {"policy_version": self.policy.version, "redacted": dict(sorted(counts.items()))}
+        if pseudonymized:
+            meta["pseudonymized"] = sorted(pseudonymized)
+        return event.with_metadata({"pii": meta}, **updates), counts
+
+
+# --- Beam -------------------------------------------------------------------------------------------------
+
+class _RedactPiiFn(beam.DoFn):
+    def __init__(self, policy: PiiPolicy, step: str):
+        self._policy = policy
+        self._step = step
+        self._redactor: Optional[Redactor] = None
+        self._found = {k: Metrics.counter(self.__class__, f"pii_{k}") for k in KINDS}
+        self._events = Metrics.counter(self.__class__, "events_redacted")
+        self._clean = Metrics.counter(self.__class__, "events_without_pii")
+        self._failed = Metrics.counter(self.__class__, f"dead_letters_{ErrorKind.TRANSFORM.value}")
+
+    def setup(self):
+        # The key is read on the worker, so it never travels inside the pickled pipeline graph.
+        self._redactor = Redactor(self._policy, load_hmac_key())
+
+    def process(self, event: EventModel):
+        try:
+            redacted, counts = self._redactor.event(event)
+        except Exception as e:  # a detector bug must not fail the job: the event leaves as a dead letter
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(Tags.DEAD_LETTER.value, DeadLetter.of_event(
+                event, step=self._step, error=e))
+            return
+        if counts:
+            self._events.inc()
+            for kind, n in counts.items():
+                self._found[kind].inc(n)
+        else:
+            self._clean.inc()
+        yield redacted
+
+
+class RedactPii(beam.PTransform):
+    """PCollection[EventModel] -> {valid: redacted copies, dead_letter: DeadLetter} (use `validated()`).
+
+    The policy is loaded and checked here, when the pipeline is built; the HMAC key is checked here too
+    (`check_key=False` when only the workers have it) and read again in each worker's `setup()`.
+    """
+
+    def __init__(self, policy: Union[PiiPolicy, str, Path, None] = None, check_key: bool = True,
+                 label: Optional[str] = None):
+        super().__init__(label)
+        self._policy = policy if isinstance(policy, PiiPolicy) else PiiPolicy.load(policy)
+        if check_key and self._policy.needs_key() and load_hmac_key() is None:
+            raise ValueError(f"the PII policy pseudonymizes fields: set {KEY_ENV} or {KEY_FILE_ENV}")
+
+    def expand(self, events):
+        return events | "Redact" >> beam.ParDo(_RedactPiiFn(self._policy, self.label)).with_outputs(
+            Tags.DEAD_LETTER.value, main=Tags.VALID.value)
