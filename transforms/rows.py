@@ -1,0 +1,105 @@
+"""Scored frontend events and leads -> `frontend_analytics` and `marketo_leads` rows (pure functions).
+
+Column tuples match sql/002_frontend_analytics.sql and sql/005_marketo_leads.sql; pass them with the key and
+JSON column tuples to io_connectors.postgres.WriteToPostgres. Agent turn rows live in transforms.turns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional
+
+from transforms.contracts import EventModel, FrontendUserInteraction, MarketoLeadDelta
+from transforms.scoring import Scored
+
+FRONTEND_COLUMNS = (
+    "event_id", "session_id", "user_id", "event_type", "page_url", "widget_id", "interaction_type",
+    "page_category", "device_type", "browser", "user_segment", "engagement_score", "conversion_stage",
+    "quality_score", "ts_ms", "timestamp", "metadata", "scorer_version", "transformation_metadata",
+)
+FRONTEND_KEYS = ("event_id",)
+FRONTEND_JSON = ("metadata", "transformation_metadata")
+
+LEAD_COLUMNS = (
+    "lead_id", "email", "full_name", "company", "lead_source", "email_domain", "lead_quality_score",
+    "engagement_level", "conversion_probability", "recommended_action", "geographic_info",
+    "transformation_metadata", "scorer_version", "source_ts_ms", "created_at", "updated_at",
+)
+LEAD_KEYS = ("lead_id",)
+LEAD_JSON = ("geographic_info", "transformation_metadata")
+
+_FRONTEND_ROW_FIELDS = frozenset(("event_id", "session_id", "user_id", "event_type", "page_url", "widget_id",
+                                  "interaction_type", "timestamp", "schema_version"))
+
+
+def _utc(ms: Optional[int]) -> Optional[datetime]:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def frontend_event_id(event: EventModel) -> str:
+    """The producer's event_id, else a deterministic one (replays of the same payload get the same id):
+    `fe_` + 32 hex of SHA-256 over event type, session, timestamp, element and page."""
+    given = getattr(event, "event_id", None)
+    if given:
+        return given
+    basis = json.dumps([event.event_type, event.session_id, event.timestamp, getattr(event, "element_id", None),
+                        event.page_url], separators=(",", ":"))
+    return "fe_" + hashlib.sha256(basis.encode()).hexdigest()[:32]
+
+
+def frontend_to_row(scored: Scored) -> Dict[str, Any]:
+    """One `frontend_analytics` row; fields without a column go to `metadata` (nulls left out)."""
+    event, s = scored.event, scored.scores
+    meta = {k: v for k, v in event.model_dump(exclude=_FRONTEND_ROW_FIELDS).items() if v not in (None, {}, [])}
+    tmeta = event.transformation_metadata()
+    tmeta["scorer_version"] = s["scorer_version"]
+    return {
+        "event_id": frontend_event_id(event),
+        "session_id": event.session_id,
+        "user_id": event.user_id,
+        "event_type": event.event_type,
+        "page_url": event.page_url,
+        "widget_id": getattr(event, "widget_id", None),
+        "interaction_type": event.interaction_type if isinstance(event, FrontendUserInteraction) else None,
+        "page_category": s["page_category"],
+        "device_type": s["device_type"],
+        "browser": s["browser"],
+        "user_segment": s["user_segment"],
+        "engagement_score": s["engagement_score"],
+        "conversion_stage": s["conversion_stage"],
+        "quality_score": s["quality_score"],
+        "ts_ms": event.timestamp,
+        "timestamp": _utc(event.timestamp),
+        "metadata": meta,
+        "scorer_version": s["scorer_version"],
+        "transformation_metadata": tmeta,
+    }
+
+
+def lead_to_row(scored: Scored) -> Dict[str, Any]:
+    """One `marketo_leads` row. A delta may carry only the changed fields; the leads pipeline decides how
+    partial deltas merge (the email column is NOT NULL, so a missing email becomes '')."""
+    lead: MarketoLeadDelta = scored.event
+    s = scored.scores
+    tmeta = lead.transformation_metadata()
+    tmeta.update(scorer_version=s["scorer_version"], email_type=s["email_type"], marketo_guid=lead.marketo_guid)
+    return {
+        "lead_id": lead.lead_id,
+        "email": lead.email or "",
+        "full_name": (s["full_name"] or None) and s["full_name"][:200],
+        "company": lead.company,
+        "lead_source": lead.lead_source,
+        "email_domain": s["email_domain"],
+        "lead_quality_score": s["lead_quality_score"],
+        "engagement_level": s["engagement_level"],
+        "conversion_probability": s["conversion_probability"],
+        "recommended_action": s["recommended_action"],
+        "geographic_info": s["geographic_info"],
+        "transformation_metadata": tmeta,
+        "scorer_version": s["scorer_version"],
+        "source_ts_ms": lead.timestamp,
+        "created_at": _utc(lead.created_at_ms),
+        "updated_at": _utc(lead.updated_at_ms if lead.updated_at_ms is not None else lead.timestamp),
+    }
