@@ -1,0 +1,112 @@
+"""Helpers for end-to-end tests on the real Flink cluster: submit, find, wait, cancel, read topics."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from io_connectors import settings
+
+
+def flink_url() -> str:
+    return settings.get("FLINK_REST_URL", "http://localhost:8081")
+
+
+def flink_get(path: str):
+    with urllib.request.urlopen(f"{flink_url()}{path}", timeout=5) as r:
+        return json.loads(r.read().decode())
+
+
+def jobs_by_name(name: str) -> List[dict]:
+    return [j for j in flink_get("/jobs/overview")["jobs"] if j["name"] == name]
+
+
+def cancel_job(jid: str) -> None:
+    req = urllib.request.Request(f"{flink_url()}/jobs/{jid}?mode=cancel", method="PATCH")
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def cancel_by_name(name: str, timeout_s: float = 60) -> None:
+    for j in jobs_by_name(name):
+        if j["state"] not in ("CANCELED", "FAILED", "FINISHED"):
+            cancel_job(j["jid"])
+    poll(lambda: all(j["state"] in ("CANCELED", "FAILED", "FINISHED") for j in jobs_by_name(name)),
+         timeout_s, f"job {name} to stop")
+
+
+def poll(check: Callable[[], object], timeout_s: float, what: str, interval_s: float = 1.0):
+    """Wait for check() to return something truthy; fail with `what` after the deadline. Not a sleep-assert."""
+    deadline = time.monotonic() + timeout_s
+    last_exc: Optional[BaseException] = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as e:  # noqa: BLE001 - keep polling; report the last error
+            last_exc = e
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}"
+                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def produce_with_offsets(records, topic: str, bootstrap: str) -> List[Tuple[int, int]]:
+    """Produce ProducedRecords (event time as Kafka timestamp); return (partition, offset) per record, in order."""
+    from confluent_kafka import Producer
+
+    out: List[Optional[Tuple[int, int]]] = [None] * len(records)
+    errors: List[str] = []
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 10})
+    for i, r in enumerate(records):
+        def cb(err, msg, i=i):
+            if err is not None:
+                errors.append(str(err))
+            else:
+                out[i] = (msg.partition(), msg.offset())
+        while True:
+            try:
+                p.produce(topic, key=r.key, value=r.value, timestamp=r.timestamp_ms, on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.1)
+        p.poll(0)
+    p.flush(60)
+    assert not errors, errors[:3]
+    return out  # type: ignore[return-value]
+
+
+def end_offsets(topic: str, bootstrap: str) -> Dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-offsets", "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    finally:
+        c.close()
+
+
+def read_from(topic: str, bootstrap: str, start: Dict[int, int], idle_s: float = 3.0) -> List[bytes]:
+    """Every value in `topic` from the given per-partition offsets up to the current end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    ends = end_offsets(topic, bootstrap)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader", "enable.auto.commit": False})
+    try:
+        todo = {p: e for p, e in ends.items() if e > start.get(p, 0)}
+        c.assign([TopicPartition(topic, p, start.get(p, 0)) for p in todo])
+        values: List[bytes] = []
+        last = time.monotonic()
+        while todo and time.monotonic() - last < idle_s + 10:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            last = time.monotonic()
+            values.append(m.value())
+            if m.offset() + 1 >= todo.get(m.partition(), 0):
+                todo.pop(m.partition(), None)
+        return values
+    finally:
+        c.close()
