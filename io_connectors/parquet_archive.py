@@ -135,7 +135,7 @@ def kafka_record_to_row(record: KafkaRecord, schema: pa.Schema) -> Dict[str, Any
         "event_time": datetime.fromtimestamp(record.timestamp_ms / 1000, tz=timezone.utc)}
     try:
         doc = json.loads(record.value)
-    except (ValueError, UnicodeDecodeError):
+    except (TypeError, ValueError, UnicodeDecodeError):
         doc = None
     if not isinstance(doc, dict):
         doc = {}
