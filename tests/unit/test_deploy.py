@@ -1,0 +1,366 @@
+"""Static checks of the production deployment files (flink-deploy/, Dockerfile*, docker-compose.yml).
+
+    .venv/bin/pytest tests/unit/test_deploy.py
+
+Nothing here talks to Kubernetes or Docker (neither runs on our machines); these tests keep the manifests
+parseable, consistent with devstack/versions.py and io_connectors/topics.py, free of real secrets, and
+passing only flags the pipelines actually declare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devstack import versions
+from io_connectors.topics import all_topics
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "flink-deploy"
+COMPOSE = REPO / "docker-compose.yml"
+PIPELINES = {"kpi", "frontend", "billing", "archive", "leads"}
+FLINK_IMAGE_TAG = f"{versions.FLINK}-beam{versions.BEAM}"
+BEAM_JAR = f"/opt/beam/beam-services-{versions.BEAM}-flink-{versions.FLINK_MINOR}.jar"
+PLACEHOLDER = re.compile(r"^<[A-Z0-9_]+>$")
+
+
+def _load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def yaml_files():
+    return sorted(DEPLOY.rglob("*.yaml")) + sorted(DEPLOY.rglob("*.yml")) + [COMPOSE]
+
+
+def docs(path: Path):
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def manifests():
+    """(path, document) for every Kubernetes object under flink-deploy/."""
+    return [(p, d) for p in yaml_files() if p != COMPOSE for d in docs(p) if isinstance(d, dict) and "kind" in d]
+
+
+def walk(node, key=None):
+    """Yield (key, value) for every scalar in a YAML tree."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v, key)
+    else:
+        yield key, node
+
+
+def containers(doc):
+    """Every container and init container in a manifest, wherever it sits (pod templates included)."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("containers", "initContainers") and isinstance(v, list):
+                    found.extend(c for c in v if isinstance(c, dict))
+                visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    visit(doc)
+    return found
+
+
+def by_kind(kind):
+    return [(p, d) for p, d in manifests() if d["kind"] == kind]
+
+
+# --- parse -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_yaml_parses(path):
+    assert docs(path), f"{path} holds no YAML document"
+
+
+def test_kustomizations_list_existing_files_and_cover_every_manifest():
+    listed = set()
+    for k in DEPLOY.rglob("kustomization.yaml"):
+        spec = yaml.safe_load(k.read_text())
+        for r in spec["resources"]:
+            assert (k.parent / r).is_file(), f"{k} lists missing {r}"
+            listed.add((k.parent / r).resolve())
+    # Everything applied with -k; the secret templates and the Strimzi topics are applied on purpose, by hand.
+    unlisted = {p.resolve() for p, d in manifests() if d["kind"] != "Kustomization"} - listed
+    assert {p.relative_to(DEPLOY).as_posix() for p in unlisted} == {
+        "secrets/secrets.template.yaml", "kafka-topics.yaml"}
+
+
+# --- topics ----------------------------------------------------------------------------------------
+
+def test_topic_config_is_generated_from_the_topic_table():
+    gen = _load_module("gen_topics", DEPLOY / "gen_topics.py")
+    assert (DEPLOY / "kafka-topics.yaml").read_text() == gen.render(), \
+        "flink-deploy/kafka-topics.yaml is stale: run `python flink-deploy/gen_topics.py`"
+
+
+def test_topic_config_partitions_and_retention_match():
+    rendered = {d["spec"]["topicName"]: d for d in docs(DEPLOY / "kafka-topics.yaml")}
+    expected = {t.name: t for t in all_topics()}
+    assert set(rendered) == set(expected)
+    assert len({d["metadata"]["name"] for d in rendered.values()}) == len(rendered), "resource names collide"
+    for name, t in expected.items():
+        spec = rendered[name]["spec"]
+        assert spec["partitions"] == t.partitions, name
+        assert int(spec["config"]["retention.ms"]) == t.retention_ms, name
+        assert spec["config"]["cleanup.policy"] == t.cleanup_policy, name
+        assert spec["replicas"] >= int(spec["config"]["min.insync.replicas"]) + 1, name
+    assert any(n.endswith(".dlq") for n in rendered), "dead-letter twins missing"
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+def test_secret_manifests_hold_placeholders_only():
+    secrets = by_kind("Secret")
+    assert secrets, "expected Secret templates under flink-deploy/secrets"
+    for path, doc in secrets:
+        assert "data" not in doc, f"{path}: use stringData placeholders, never base64 data"
+        values = doc.get("stringData") or {}
+        assert values, f"{path}: {doc['metadata']['name']} has no keys"
+        for key, value in values.items():
+            assert isinstance(value, str) and PLACEHOLDER.match(value), \
+                f"{path}: {doc['metadata']['name']}.{key} is not a <PLACEHOLDER>"
+
+
+def test_no_credentials_inline_in_manifests_or_compose():
+    """Secret-looking env vars come from secretKeyRef/*_FILE (k8s) or ${VAR} from .env (compose)."""
+    secretish = re.compile(r"(PASSWORD|SECRET|ACCESS_KEY|SECRET_KEY)$")
+    for path, doc in manifests():
+        for c in containers(doc):
+            for e in c.get("env", []):
+                if secretish.search(e["name"]) and "value" in e:
+                    pytest.fail(f"{path}: {c['name']} sets {e['name']} inline; use secretKeyRef or *_FILE")
+    for key, value in walk(yaml.safe_load(COMPOSE.read_text())):
+        if isinstance(key, str) and secretish.search(key):
+            assert isinstance(value, str) and value.startswith("${"), f"compose: {key} must come from .env"
+    assert "s3.access-key" not in (DEPLOY / "base" / "flink-session.yaml").read_text()
+
+
+# --- versions --------------------------------------------------------------------------------------
+
+def test_flink_deployment_versions():
+    (path, fd), = by_kind("FlinkDeployment")
+    assert fd["apiVersion"] == "flink.apache.org/v1beta1"
+    assert fd["spec"]["flinkVersion"] == "v" + versions.FLINK_MINOR.replace(".", "_")
+    assert fd["spec"]["image"].endswith(":" + FLINK_IMAGE_TAG)
+    conf = fd["spec"]["flinkConfiguration"]
+    assert conf["state.checkpoints.dir"].startswith("s3://")
+    assert conf["state.savepoints.dir"].startswith("s3://")
+    assert conf["high-availability.type"] == "kubernetes"
+    assert conf["high-availability.storageDir"].startswith("s3://")
+
+
+def test_images_match_versions():
+    py_tag = re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text()).group(1)
+    seen = set()
+    for path, doc in manifests():
+        for c in containers(doc):
+            image = c.get("image")
+            if image is None:
+                assert c["name"] == "flink-main-container", f"{path}: {c['name']} has no image"
+                continue
+            seen.add(image)
+            name, tag = image.rsplit(":", 1)
+            if name.endswith("/flink"):
+                assert tag == FLINK_IMAGE_TAG, f"{path}: {image}"
+            else:
+                assert name.endswith("/pipelines") and tag == py_tag, f"{path}: {image}"
+    assert any(i.endswith("/pipelines:" + py_tag) for i in seen)
+    compose = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert compose["jobmanager"]["image"].endswith(":" + FLINK_IMAGE_TAG)
+    assert compose["jobmanager"]["build"]["args"] == {
+        "FLINK_VERSION": versions.FLINK, "FLINK_MINOR": versions.FLINK_MINOR, "BEAM_VERSION": versions.BEAM}
+    assert compose["kafka"]["image"] == f"apache/kafka:{versions.KAFKA}"
+
+
+def test_dockerfiles_match_versions():
+    flink = (REPO / "Dockerfile.flink").read_text()
+    assert f"ARG FLINK_VERSION={versions.FLINK}\n" in flink
+    assert f"ARG FLINK_MINOR={versions.FLINK_MINOR}\n" in flink
+    assert f"ARG BEAM_VERSION={versions.BEAM}\n" in flink
+    assert f"FROM flink:${{FLINK_VERSION}}-java{versions.JAVA}" in flink
+    assert "devstack/maven/beam-services/pom.xml" in flink and "flink-s3-fs-presto" in flink
+    py = (REPO / "Dockerfile").read_text()
+    assert "ARG PYTHON_VERSION=3.11\n" in py
+    assert "pip install -r requirements.txt" in py and "pip install --no-deps ." in py
+    assert f"apache_beam.__version__ == '{versions.BEAM}'" in py
+    assert f"apache-beam[gcp,aws]=={versions.BEAM}" in (REPO / "requirements.txt").read_text()
+    assert f"<beam.version>{versions.BEAM}</beam.version>" in (
+        REPO / "devstack/maven/beam-services/pom.xml").read_text()
+
+
+def test_beam_services_jar_path_everywhere():
+    for text in [(DEPLOY / "base" / "beam-services.yaml").read_text(), COMPOSE.read_text()]:
+        jars = set(re.findall(r"/opt/beam/[\w.-]+\.jar", text))
+        assert jars == {BEAM_JAR}
+
+
+# --- topology --------------------------------------------------------------------------------------
+
+def test_taskmanager_has_worker_pool_sidecar():
+    (_, fd), = by_kind("FlinkDeployment")
+    pod = fd["spec"]["taskManager"]["podTemplate"]["spec"]
+    names = [c["name"] for c in pod["containers"]]
+    assert names[0] == "flink-main-container"
+    pool = next(c for c in pod["containers"] if c["name"] == "beam-worker-pool")
+    assert pool["command"] == ["python", "-m", "apache_beam.runners.worker.worker_pool_main",
+                               "--service_port=50000"]
+    assert {"containerPort": 50000, "name": "worker-pool"} in pool["ports"]
+
+
+def test_beam_services_deployment():
+    (_, dep), = [(p, d) for p, d in by_kind("Deployment") if d["metadata"]["name"] == "beam-services"]
+    cs = {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
+    js, ex = cs["job-server"]["command"], cs["expansion-service"]["command"]
+    assert "--flink-master=iheardai-flink-rest:8081" in js and "--job-port=8099" in js
+    assert "--job-host=0.0.0.0" in js
+    assert "--defaultEnvironmentType=EMBEDDED" in ex and "--experiments=use_deprecated_read" in ex
+    (_, svc), = [(p, d) for p, d in by_kind("Service") if d["metadata"]["name"] == "beam-services"]
+    assert {p["port"] for p in svc["spec"]["ports"]} == {8097, 8098, 8099}
+
+
+def test_marketo_cronjob():
+    (_, cj), = by_kind("CronJob")
+    assert cj["spec"]["concurrencyPolicy"] == "Forbid"
+    c, = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["python", "-m", "io_connectors.marketo_extractor", "incremental"]
+    env = {e["name"]: e for e in c["env"]}
+    for name in ("MARKETO_CLIENT_ID", "MARKETO_CLIENT_SECRET"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "iheardai-marketo"
+    cm, = [d for _, d in by_kind("ConfigMap") if d["metadata"]["name"] == "iheardai-settings"]
+    assert "MARKETO_BASE_URL" in cm["data"]
+
+
+def test_settings_configmap_names_what_the_pipelines_read():
+    cm, = [d for _, d in by_kind("ConfigMap") if d["metadata"]["name"] == "iheardai-settings"]
+    settings_src = (REPO / "io_connectors" / "settings.py").read_text()
+    read = set(re.findall(r'get\("([A-Z_]+)"', settings_src)) - {"DEVSTACK_HOME"}  # local stack only
+    secret_names = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "SPACES_ACCESS_KEY", "SPACES_SECRET_KEY",
+                    "KAFKA_PASSWORD", "KAFKA_USER"}
+    assert read - secret_names <= set(cm["data"]), f"ConfigMap lacks {sorted(read - secret_names - set(cm['data']))}"
+    assert not secret_names & set(cm["data"])
+    assert cm["data"]["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    for key, value in cm["data"].items():
+        assert isinstance(value, str), f"ConfigMap values must be strings: {key}"
+
+
+# --- pipelines and their flags -----------------------------------------------------------------------
+
+def test_pipeline_modules_named_are_known():
+    pattern = re.compile(r"beam_pipelines\.(\w+)")
+    named = set()
+    for path in yaml_files() + [REPO / "Dockerfile", DEPLOY / "README.md"]:
+        for m in pattern.finditer(path.read_text()):
+            named.add(m.group(1))
+    assert named, "no pipeline module named in the deployment files"
+    assert named <= PIPELINES | {"options"}, f"unknown pipeline modules: {sorted(named - PIPELINES - {'options'})}"
+
+
+def _submit_jobs():
+    out = {}
+    for path, job in by_kind("Job"):
+        c, = job["spec"]["template"]["spec"]["containers"]
+        if c["command"][:3] == ["python", "flink-deploy/flinkctl.py", "submit"]:
+            out[c["command"][3]] = (path, c)
+    return out
+
+
+def test_one_submit_job_per_pipeline():
+    assert set(_submit_jobs()) == {f"beam_pipelines.{p}" for p in PIPELINES}
+
+
+def test_submit_jobs_use_the_portable_flink_topology():
+    for module, (path, c) in _submit_jobs().items():
+        args = c["args"]
+        name = module.rsplit(".", 1)[1]
+        for flag in ("--runner=FlinkRunner", "--environment_type=EXTERNAL", "--environment_config=localhost:50000",
+                     "--job_endpoint=$(BEAM_JOB_ENDPOINT)", "--artifact_endpoint=$(BEAM_ARTIFACT_ENDPOINT)",
+                     f"--job_name=iheardai-{name}", "--retain_externalized_checkpoints_on_cancellation"):
+            assert flag in args, f"{path}: missing {flag}"
+        assert any(a.startswith("--checkpointing_interval=") for a in args), path
+
+
+@pytest.fixture(scope="module")
+def flinkctl():
+    return _load_module("flinkctl", DEPLOY / "flinkctl.py")
+
+
+def _declared_flags_parser(flinkctl):
+    """A parser of every PipelineOptions flag the submitting process declares (Beam's, ours, flinkctl's)."""
+    import beam_pipelines.options  # noqa: F401 - declares the project's options
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    flinkctl.register_restore_options()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    seen, stack = set(), list(PipelineOptions.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:
+            pass
+    return parser
+
+
+def test_every_submitted_flag_is_declared(flinkctl):
+    """Beam's FlinkRunner silently drops undeclared options when it submits to a job endpoint."""
+    parser = _declared_flags_parser(flinkctl)
+    env = {"SAVEPOINT_PATH": "s3://iheardai-flink/savepoints/savepoint-1", "ALLOW_NON_RESTORED_STATE": "true",
+           "BEAM_ARTIFACT_ENDPOINT": "beam-services:8098"}
+    for module, (path, c) in _submit_jobs().items():
+        argv = flinkctl.submit_argv(module, c["args"], env)
+        _, unknown = parser.parse_known_args(argv)
+        assert not unknown, f"{path}: flags no PipelineOptions class declares (dropped by Beam): {unknown}"
+        assert "--savepoint_path=s3://iheardai-flink/savepoints/savepoint-1" in argv
+        assert "--allow_non_restored_state" in argv
+
+
+def test_flinkctl_argv_defaults_and_validation(flinkctl):
+    argv = flinkctl.submit_argv("beam_pipelines.kpi", ["--runner=FlinkRunner"], {"BEAM_ARTIFACT_ENDPOINT": "js:8098"})
+    assert "--job_name=iheardai-kpi" in argv and "--artifact_endpoint=js:8098" in argv
+    assert not any(a.startswith("--savepoint_path") for a in argv)
+    with pytest.raises(SystemExit):
+        flinkctl.submit_argv("beam_pipelines.nope", [], {})
+    assert set(flinkctl.PIPELINES) == PIPELINES
+
+
+def test_flinkctl_finds_running_jobs_by_name(flinkctl):
+    overview = {"jobs": [
+        {"jid": "a", "name": "iheardai-kpi", "state": "CANCELED", "start-time": 3},
+        {"jid": "b", "name": "iheardai-kpi", "state": "RUNNING", "start-time": 2},
+        {"jid": "c", "name": "iheardai-kpi-old", "state": "RUNNING", "start-time": 4},
+        {"jid": "d", "name": "iheardai-billing", "state": "RUNNING", "start-time": 1},
+    ]}
+    assert [j["jid"] for j in flinkctl.matching_jobs(overview, "iheardai-kpi")] == ["b"]
+    assert flinkctl.matching_jobs({"jobs": []}, "iheardai-kpi") == []
+
+
+def test_flinkctl_parses_submit_flags_through(flinkctl, monkeypatch):
+    calls = []
+    monkeypatch.setattr(flinkctl, "cmd_submit", lambda module, flags, timeout: calls.append((module, flags)) or 0)
+    assert flinkctl.main(["submit", "beam_pipelines.leads", "--runner=FlinkRunner", "--job_name=x",
+                          "--streaming"]) == 0
+    assert calls == [("beam_pipelines.leads", ["--runner=FlinkRunner", "--job_name=x", "--streaming"])]
