@@ -454,6 +454,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     bf = sub.add_parser("backfill", help="Bulk Lead Extract over [since, until)")
     bf.add_argument("--since", type=_when, required=True)
     bf.add_argument("--until", type=_when, default=dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
+    p.set_defaults(since=None)
     args = p.parse_args(argv)
     args.mode = args.mode or "incremental"
     return args
@@ -467,12 +468,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = {k: v for k, v in dict(calls_per_window=args.calls_per_window, window_seconds=args.window_seconds,
                                        max_concurrency=args.max_concurrency,
                                        backoff_base_seconds=args.backoff_base_seconds).items() if v is not None}
-    config = MarketoConfig.from_env(**overrides)
+    try:
+        config = MarketoConfig.from_env(**overrides)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
     log.info("marketo extractor %s, cursor %s, limits %d calls/%gs, %d concurrent", args.mode, args.cursor,
              config.calls_per_window, config.window_seconds, config.max_concurrency)
     store = SyncStore(PostgresSettings.from_env())
     if not store.lock(args.cursor):
         log.error("another run holds cursor %s: exiting", args.cursor)
+        store.close()
         return 1
     client = MarketoClient(config)
     publisher = LeadPublisher(KafkaSettings.from_env(), args.topic)

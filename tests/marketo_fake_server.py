@@ -186,11 +186,14 @@ class FakeMarketo:
             status, payload, ctype, call.outcome = 500, repr(e).encode(), "text/plain", "fake_bug"
         with self._lock:
             self.in_flight -= 1  # before answering: the client can't start another call on this one's slot sooner
-        req.send_response(status)
-        req.send_header("Content-Type", ctype)
-        req.send_header("Content-Length", str(len(payload)))
-        req.end_headers()
-        req.wfile.write(payload)
+        try:
+            req.send_response(status)
+            req.send_header("Content-Type", ctype)
+            req.send_header("Content-Length", str(len(payload)))
+            req.end_headers()
+            req.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            req.close_connection = True  # the client timed out and went away, as clients do
 
     def _take_fault(self, path: str) -> Optional[List[Any]]:
         for f in self._faults:
