@@ -132,3 +132,282 @@ def produce(records: List[ProducedRecord], topic: str, bootstrap_servers: str,
     if errors:
         raise RuntimeError(f"{len(errors)} records not delivered: {errors[:3]}")
     return len(records)
+
+
+# --- every other topic ------------------------------------------------------------------------------------
+# Workloads below share one shape: `generate(n)` fills `records` (ProducedRecord, valid ones only unless a
+# malformed rate is set) and `events` (the payload dicts), deterministically for a seed. Some free text
+# carries planted PII (`pii_rate`), so redaction has something realistic to find.
+
+USER_AGENTS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 "
+    "Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
+    "Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile "
+    "Safari/537.36",
+    "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
+    "Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+)
+PAGES = ("/", "/pricing", "/product/widget", "/features", "/blog/ai-sales-assistants", "/docs/getting-started",
+         "/contact", "/signup", "/en/pricing", "/checkout")
+FRONTEND_EVENTS = ("page_view", "page_view", "page_view", "widget_open", "user_message", "click", "scroll",
+                   "product_interest", "conversion", "form_submit")
+INTERACTIONS = {"page_view": "view", "widget_open": "click", "user_message": "text_input", "click": "click",
+                "scroll": "scroll", "product_interest": "click", "conversion": "form_submit",
+                "form_submit": "form_submit"}
+FIRST_NAMES = ("Jane", "Carlos", "Priya", "Wei", "Fatima", "Liam", "Sofia", "Noah", "Aiko", "Olu")
+LAST_NAMES = ("Doe", "Garcia", "Patel", "Zhang", "Khan", "Murphy", "Rossi", "Smith", "Tanaka", "Adeyemi")
+COMPANIES = ("Acme Corp", "Globex", "Initech", "Umbrella Health", "Stark Industries", "Wayne Logistics")
+CORP_DOMAINS = ("acme-corp.com", "globex.io", "initech.com", "umbrella-health.org", "stark.dev")
+FREE_DOMAINS = ("gmail.com", "yahoo.com", "outlook.com")
+TITLES = ("VP Sales", "Marketing Manager", "CTO", "Engineer", "Head of Growth", "Analyst", None)
+SOURCES = ("Referral", "Website", "Webinar", "Paid Search", "Demo Request", "Organic Search", None)
+STATUSES = ("New", "Engaged", "MQL", "SQL", "Working", "Nurture")
+USER_MESSAGES = (
+    "Can you tell me more about pricing?",
+    "Does the widget integrate with HubSpot?",
+    "I'd like to book a demo for next week.",
+    "Where is my order #48213?",
+    "Is version 2.62.0 compatible with our stack?",
+)
+
+
+def pii_snippet(rng: random.Random) -> str:
+    """A sentence with one planted PII value (email, phone, card, SSN, IP or IBAN), all synthetic."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        return f"You can reach me at {rng.choice(FIRST_NAMES).lower()}.{rng.randint(1, 99)}@{rng.choice(CORP_DOMAINS)}"
+    if kind == 1:
+        return f"Call me at (415) 555-{rng.randint(1000, 9999)} after 5pm"
+    if kind == 2:
+        return "My card is 4111 1111 1111 1111, please update billing"
+    if kind == 3:
+        return f"My SSN is 219-09-{rng.randint(1000, 9999)} for the tax form"
+    if kind == 4:
+        return f"I'm connecting from 203.0.113.{rng.randint(1, 254)}"
+    return "Please refund to DE89 3704 0044 0532 0130 00"
+
+
+@dataclass
+class _Workload:
+    seed: int = 7
+    start_ms: int = 1_795_000_000_000
+    accounts: int = 5
+    sessions: int = 50
+    pii_rate: float = 0.1
+    malformed_rate: float = 0.0
+    run_id: str = "run"
+    records: List[ProducedRecord] = field(default_factory=list)
+    events: List[dict] = field(default_factory=list)
+
+    topic = ""
+
+    def event(self, rng: random.Random, i: int, ts: int) -> Tuple[bytes, dict]:
+        raise NotImplementedError
+
+    def generate(self, n_valid: int):
+        rng = random.Random(self.seed)
+        clock = self.start_ms
+        self.records, self.events = [], []
+        for i in range(n_valid):
+            clock += rng.randint(20, 1500)
+            key, ev = self.event(rng, i, clock)
+            self.events.append(ev)
+            self.records.append(ProducedRecord(key, json.dumps(ev).encode(), clock, "valid"))
+            if self.malformed_rate and rng.random() < self.malformed_rate:
+                self.records.append(ProducedRecord(b"bad", TurnWorkload.malformed(self, rng, i), clock, "malformed"))
+        return self
+
+    def _text(self, rng: random.Random, base: str) -> str:
+        return f"{base} {pii_snippet(rng)}" if rng.random() < self.pii_rate else base
+
+
+@dataclass
+class FrontendWorkload(_Workload):
+    """`frontend.user.interaction` events along the funnel, with real-world user agents and URLs."""
+
+    topic = "frontend.user.interaction"
+
+    def event(self, rng, i, ts):
+        s = rng.randrange(self.sessions)
+        etype = rng.choice(FRONTEND_EVENTS)
+        page = rng.choice(PAGES)
+        query = rng.choice(("", "?utm_source=google&utm_medium=cpc", "?ref=newsletter",
+                            f"?email={rng.choice(FIRST_NAMES).lower()}%40{rng.choice(FREE_DOMAINS)}"))
+        ev = {
+            "schema_version": 1, "event_type": etype, "event_id": f"{self.run_id}-fe{i:07d}",
+            "session_id": f"{self.run_id}-fs{s:04d}", "user_id": f"user-{s % 37:03d}" if s % 4 else None,
+            "account_id": f"acct-{s % self.accounts:02d}",
+            "page_url": f"https://www.iheard.ai{page}{query if rng.random() < 0.3 else ''}",
+            "page_title": "iheardAI - AI sales assistant", "referrer": rng.choice(
+                ("https://www.google.com/", "https://www.linkedin.com/", "", "https://news.ycombinator.com/")),
+            "user_agent": USER_AGENTS[s % len(USER_AGENTS)], "screen_resolution": "1920x1080",
+            "viewport_size": "1280x720", "widget_id": "sales-assistant", "interaction_type": INTERACTIONS[etype],
+            "timestamp": ts, "time_on_page": rng.randint(0, 600), "element_id": rng.choice(
+                ("chat-button", "pricing-cta", "nav-docs", None)),
+            "element_class": "widget-trigger",
+            "element_text": self._text(rng, rng.choice(("Start chat", "See pricing", "Book a demo", "Send"))),
+            "click_coordinates": {"x": rng.randint(0, 1920), "y": rng.randint(0, 1080)},
+            "country": rng.choice(("US", "GB", "DE", "IN", "BR")), "timezone": "America/New_York",
+        }
+        if etype == "user_message":
+            ev["message_length"] = rng.randint(5, 300)
+        return ev["session_id"].encode(), ev
+
+
+@dataclass
+class FrontendSessionWorkload(_Workload):
+    """`frontend.session.analytics` summaries."""
+
+    topic = "frontend.session.analytics"
+
+    def event(self, rng, i, ts):
+        s = rng.randrange(self.sessions)
+        duration = rng.randint(1_000, 900_000)
+        ev = {"schema_version": 1, "session_id": f"{self.run_id}-fs{s:04d}", "user_id": f"user-{s % 37:03d}",
+              "account_id": f"acct-{s % self.accounts:02d}", "page_url": f"https://www.iheard.ai{rng.choice(PAGES)}",
+              "user_agent": USER_AGENTS[s % len(USER_AGENTS)], "started_at_ms": ts - duration,
+              "ended_at_ms": ts, "duration_ms": duration, "page_views": rng.randint(1, 12),
+              "interactions": rng.randint(0, 30), "widget_opens": rng.randint(0, 3),
+              "messages_sent": rng.randint(0, 8), "landing_page": "https://www.iheard.ai/",
+              "exit_page": f"https://www.iheard.ai{rng.choice(PAGES)}", "referrer": "https://www.google.com/",
+              "utm_source": rng.choice(("google", "linkedin", None)), "is_bounce": duration < 10_000,
+              "timestamp": ts}
+        return ev["session_id"].encode(), ev
+
+
+@dataclass
+class WidgetPerformanceWorkload(_Workload):
+    """`frontend.widget.performance` measurements."""
+
+    topic = "frontend.widget.performance"
+
+    def event(self, rng, i, ts):
+        s = rng.randrange(self.sessions)
+        load = round(rng.lognormvariate(6, 0.5), 1)
+        ev = {"schema_version": 1, "session_id": f"{self.run_id}-fs{s:04d}", "widget_id": "sales-assistant",
+              "account_id": f"acct-{s % self.accounts:02d}", "widget_version": rng.choice(("2.61.0", "2.62.0")),
+              "page_url": f"https://www.iheard.ai{rng.choice(PAGES)}", "user_agent": USER_AGENTS[s % len(USER_AGENTS)],
+              "load_time_ms": load, "time_to_interactive_ms": round(load * 1.4, 1),
+              "first_response_ms": round(rng.uniform(300, 4000), 1), "js_errors": int(rng.random() < 0.05),
+              "render_errors": 0, "connection_type": rng.choice(("4g", "wifi", "3g")), "timestamp": ts}
+        return ev["session_id"].encode(), ev
+
+
+@dataclass
+class ToolWorkload(_Workload):
+    """`agent.tool.invoked` calls, some failing, some with PII in their arguments."""
+
+    topic = "agent.tool.invoked"
+
+    def event(self, rng, i, ts):
+        s = rng.randrange(self.sessions)
+        tool = rng.choice(TOOLS)
+        ok = rng.random() > 0.08
+        ev = {"schema_version": 1, "invocation_id": f"{self.run_id}-inv{i:07d}",
+              "session_id": f"{self.run_id}-s{s:04d}", "turn_id": f"t{rng.randint(1, 20):04d}",
+              "user_id": f"user-{s % 37:03d}", "account_id": f"acct-{s % self.accounts:02d}", "tool_name": tool,
+              "success": ok, "latency_ms": round(rng.uniform(20, 3000), 1),
+              "error_message": None if ok else "upstream timeout after 3000 ms",
+              "arguments": {"query": self._text(rng, rng.choice(("pro plan", "order 48213", "tuesday 10am")))},
+              "result_summary": "ok" if ok else None, "input_bytes": rng.randint(50, 2000),
+              "output_bytes": rng.randint(50, 20000), "timestamp": ts}
+        return ev["session_id"].encode(), ev
+
+
+@dataclass
+class SessionWorkload(_Workload):
+    """`text.agent.session.updated` state changes (seq grows per session)."""
+
+    topic = "text.agent.session.updated"
+
+    def event(self, rng, i, ts):
+        s = rng.randrange(self.sessions)
+        seq = i + 1
+        ev = {"schema_version": 1, "session_id": f"{self.run_id}-s{s:04d}", "seq": seq,
+              "user_id": f"user-{s % 37:03d}", "account_id": f"acct-{s % self.accounts:02d}",
+              "channel": rng.choice(CHANNELS), "status": rng.choice(("active", "active", "idle", "ended")),
+              "last_turn_id": f"t{rng.randint(1, 20):04d}", "last_message": self._text(rng, rng.choice(PHRASES)),
+              "total_turns": rng.randint(1, 20), "avg_response_time_ms": round(rng.uniform(300, 5000), 1),
+              "started_at_ms": ts - rng.randint(0, 600_000), "timestamp": ts}
+        return ev["session_id"].encode(), ev
+
+
+@dataclass
+class LeadWorkload(_Workload):
+    """`marketo.leads.delta` changes of synthetic leads (corporate and free-mail, all seniorities)."""
+
+    topic = "marketo.leads.delta"
+
+    def event(self, rng, i, ts):
+        lead = rng.randint(1, 5000)
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        domain = rng.choice(CORP_DOMAINS + FREE_DOMAINS)
+        ev = {"schema_version": 1, "lead_id": lead, "marketo_guid": f"{self.run_id}-g{i:07d}",
+              "change_type": rng.choice(("lead_change", "new_lead")), "activity_type_id": rng.choice((2, 13, 12)),
+              "email": f"{first.lower()}.{last.lower()}@{domain}", "first_name": first, "last_name": last,
+              "company": rng.choice(COMPANIES) if domain in CORP_DOMAINS else None, "title": rng.choice(TITLES),
+              "phone": f"+1 415 555 {rng.randint(1000, 9999)}" if rng.random() < 0.6 else None,
+              "lead_source": rng.choice(SOURCES), "lead_status": rng.choice(STATUSES),
+              "lead_score": rng.randint(0, 100), "country": rng.choice(("US", "GB", "DE")), "city": "Springfield",
+              "created_at_ms": ts - 86_400_000, "updated_at_ms": ts,
+              "changes": [{"field": "leadScore", "old_value": rng.randint(0, 50), "new_value": rng.randint(50, 100)}],
+              "timestamp": ts}
+        return str(lead).encode(), ev
+
+
+@dataclass
+class BillingWorkload(_Workload):
+    """`billing.usage.metered` hourly usage revisions per account."""
+
+    topic = "billing.usage.metered"
+
+    def event(self, rng, i, ts):
+        acct = f"acct-{i % self.accounts:02d}"
+        turns = rng.randint(0, 500)
+        ev = {"schema_version": 1, "account_id": acct, "hour_start_ms": ts - ts % 3_600_000, "turns": turns,
+              "tokens_in": turns * rng.randint(20, 2000), "tokens_out": turns * rng.randint(10, 800),
+              "tool_invocations": rng.randint(0, turns), "estimated_cost_usd": round(turns * 0.002, 6),
+              "revision": i // self.accounts, "is_final": False, "timestamp": ts}
+        return acct.encode(), ev
+
+
+WORKLOADS = {w.topic: w for w in (FrontendWorkload, FrontendSessionWorkload, WidgetPerformanceWorkload,
+                                  ToolWorkload, SessionWorkload, LeadWorkload, BillingWorkload)}
+
+
+@dataclass
+class MixedWorkload:
+    """Events for every topic, in product-like proportions: `generate(n)` -> `records` as (topic, record).
+
+    Turns come from TurnWorkload (unchanged), the rest from the workloads above."""
+
+    seed: int = 7
+    start_ms: int = 1_795_000_000_000
+    run_id: str = "run"
+    pii_rate: float = 0.1
+    shares: Dict[str, float] = field(default_factory=lambda: {
+        "text.agent.turn.completed": 0.3, "frontend.user.interaction": 0.35, "agent.tool.invoked": 0.1,
+        "text.agent.session.updated": 0.08, "frontend.session.analytics": 0.05,
+        "frontend.widget.performance": 0.05, "marketo.leads.delta": 0.05, "billing.usage.metered": 0.02})
+    records: List[Tuple[str, ProducedRecord]] = field(default_factory=list)
+
+    def generate(self, n: int) -> "MixedWorkload":
+        out: List[Tuple[str, ProducedRecord]] = []
+        for k, (topic, share) in enumerate(sorted(self.shares.items())):
+            count = max(1, int(round(n * share)))
+            if topic == "text.agent.turn.completed":
+                w = TurnWorkload(seed=self.seed + k, start_ms=self.start_ms, run_id=self.run_id,
+                                 duplicate_rate=0.0, malformed_rate=0.0).generate(count)
+            else:
+                w = WORKLOADS[topic](seed=self.seed + k, start_ms=self.start_ms, run_id=self.run_id,
+                                     pii_rate=self.pii_rate).generate(count)
+            out.extend((topic, r) for r in w.records)
+        random.Random(self.seed).shuffle(out)
+        self.records = out
+        return self

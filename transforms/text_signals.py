@@ -52,7 +52,7 @@ def words(text: str) -> List[str]:
 def sentiment(tokens: List[str]) -> Tuple[str, int]:
     """(label, score) with score = #positive words - #negative words; label positive if > 0, negative
     if < 0, else neutral."""
-    score = sum(1 for w in tokens if w in POSITIVE) - sum(1 for w in tokens if w in NEGATIVE)
+    score = sum(map(POSITIVE.__contains__, tokens)) - sum(map(NEGATIVE.__contains__, tokens))
     return ("positive" if score > 0 else "negative" if score < 0 else "neutral"), score
 
 
@@ -69,7 +69,7 @@ def language(tokens: List[str]) -> str:
     'und' (undetermined) with fewer than 2 hits."""
     best, best_hits = "und", 1
     for lang in _LANG_ORDER:
-        hits = sum(1 for w in tokens if w in STOPWORDS[lang])
+        hits = sum(map(STOPWORDS[lang].__contains__, tokens))
         if hits > best_hits:
             best, best_hits = lang, hits
     return best
