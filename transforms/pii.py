@@ -112,20 +112,33 @@ def ssn_valid(area: str, group: str, serial: str) -> bool:
             and len(set(whole)) > 1)
 
 
+_SEP = re.compile(r"[ \-]")
+
+
+def _card_shape_ok(span: str) -> bool:
+    """Undelimited, or one separator kind between groups of 3-6 digits (4-4-4-4, 4-6-5, 4-4-4-4-3)."""
+    seps = set(_SEP.findall(span))
+    return not seps or (len(seps) == 1 and all(3 <= len(g) <= 6 for g in _SEP.split(span)))
+
+
 def _card_sub(m: "re.Match", counts: Counts) -> str:
     text = m.group()
     positions = [i for i, c in enumerate(text) if c.isdigit()]
-    # The run may carry a CVV or year after the number: try the common lengths on separator boundaries.
-    for n in (16, 15, 19, 18, 17, 14, 13):
-        if n > len(positions):
-            continue
-        end = positions[n - 1] + 1
-        if end != len(text) and text[end] not in " -":
-            continue
-        digits = "".join(text[i] for i in positions[:n])
-        if digits[0] in "23456" and luhn_valid(digits):
-            counts[CARD] = counts.get(CARD, 0) + 1
-            return TOKENS[CARD] + text[end:]
+    # The run may hold a neighbour number before or after the card (a quantity, a CVV, a year): try each
+    # group start, and the common lengths ending on a group boundary.
+    starts = [0] + [i + 1 for i, c in enumerate(text) if c in " -" and i + 1 < len(text) and text[i + 1].isdigit()]
+    for start in starts:
+        first = positions.index(start)
+        for n in (16, 15, 19, 18, 17, 14, 13):
+            if first + n > len(positions):
+                continue
+            end = positions[first + n - 1] + 1
+            if end != len(text) and text[end] not in " -":
+                continue
+            digits = "".join(text[i] for i in positions[first:first + n])
+            if digits[0] in "23456" and luhn_valid(digits) and _card_shape_ok(text[start:end]):
+                counts[CARD] = counts.get(CARD, 0) + 1
+                return text[:start] + TOKENS[CARD] + text[end:]
     return text
 
 
