@@ -67,6 +67,8 @@ _PHONE_CANDIDATE = re.compile(r"(?:\+|\b)\d[\d\-. ()/]{5,}\d")  # linear: digits
 _PHONE_EXCLUDE = re.compile(r"(?i)(?:#|\b(?:order|invoice|ticket|tracking|ref|reference|sku|po|case|id|serial|"
                             r"isbn|version|build|account|acct|zip|postcode|confirmation|booking)"
                             r"(?:\s*(?:number|no\.?|num|id|code|#))?)\s*[:#]?\s*$")
+_PHONE_GLUED_BEFORE = re.compile(r"(?:[\w$€£¥/\\]|[\-.,]\w?)$")
+_PHONE_GLUED_AFTER = re.compile(r"[\w%€$]|[\-.,:/]\w")
 _PHONE_CONTEXT = re.compile(r"(?i)\b(?:call|phone|tel|telephone|mobile|cell|text|sms|whatsapp|fax|contact|"
                             r"reach|dial|ring|number|no)\b[^\n]{0,25}$")
 
@@ -121,11 +123,11 @@ def _card_shape_ok(span: str) -> bool:
     return not seps or (len(seps) == 1 and all(3 <= len(g) <= 6 for g in _SEP.split(span)))
 
 
-def _card_sub(m: "re.Match", counts: Counts) -> str:
-    text = m.group()
+def _card_in(text: str) -> Optional[Tuple[int, int]]:
+    """(start, end) of the first card number inside a digit run, or None. The run may hold a neighbour number
+    before or after the card (a quantity, a CVV, a year): try each group start, and the common lengths
+    ending on a group boundary."""
     positions = [i for i, c in enumerate(text) if c.isdigit()]
-    # The run may hold a neighbour number before or after the card (a quantity, a CVV, a year): try each
-    # group start, and the common lengths ending on a group boundary.
     starts = [0] + [i + 1 for i, c in enumerate(text) if c in " -" and i + 1 < len(text) and text[i + 1].isdigit()]
     for start in starts:
         first = positions.index(start)
@@ -137,28 +139,58 @@ def _card_sub(m: "re.Match", counts: Counts) -> str:
                 continue
             digits = "".join(text[i] for i in positions[first:first + n])
             if digits[0] in "23456" and luhn_valid(digits) and _card_shape_ok(text[start:end]):
-                counts[CARD] = counts.get(CARD, 0) + 1
-                return text[:start] + TOKENS[CARD] + text[end:]
-    return text
+                return start, end
+    return None
 
 
-def _iban_sub(m: "re.Match", counts: Counts) -> str:
-    text = m.group()
-    length = IBAN_LENGTHS.get(text[:2].upper())
+def _redact_cards(text: str, counts: Counts) -> str:
+    pieces, pos, last = [], 0, 0
+    while True:
+        m = _CARD_RE.search(text, pos)
+        if m is None:
+            break
+        found = _card_in(m.group())
+        if found is None:
+            pos = m.end()
+            continue
+        start, end = m.start() + found[0], m.start() + found[1]
+        pieces += [text[last:start], TOKENS[CARD]]
+        counts[CARD] = counts.get(CARD, 0) + 1
+        pos = last = end
+    return "".join(pieces) + text[last:] if pieces else text
+
+
+def _iban_at(text: str, m: "re.Match") -> Optional[int]:
+    """End of a valid IBAN starting at the match, or None. The greedy match may run into the next word:
+    it is cut at the country's length, then checked."""
+    length = IBAN_LENGTHS.get(text[m.start():m.start() + 2].upper())
     if length is None:
-        return text
-    # The greedy match may run into the next word: cut it at the country's length, then check.
-    alnum = [i for i, c in enumerate(text) if c.isalnum()]
+        return None
+    alnum = [i for i in range(m.start(), m.end()) if text[i].isalnum()]
     if len(alnum) < length:
-        return text
+        return None
     end = alnum[length - 1] + 1
     if end < len(text) and text[end].isalnum():
-        return text  # the run goes on without a separator: longer than an IBAN of that country
-    compact = "".join(text[i] for i in alnum[:length])
-    if not iban_valid(compact):
-        return text
-    counts[IBAN] = counts.get(IBAN, 0) + 1
-    return TOKENS[IBAN] + text[end:]
+        return None  # the run goes on without a separator: longer than an IBAN of that country
+    return end if iban_valid("".join(text[i] for i in alnum[:length])) else None
+
+
+def _redact_ibans(text: str, counts: Counts) -> str:
+    """Scan left to right, resuming right after each IBAN found (a greedy match may have swallowed the next
+    one), or one character after a candidate that fails."""
+    pieces, pos, last = [], 0, 0
+    while True:
+        m = _IBAN_RE.search(text, pos)
+        if m is None:
+            break
+        end = _iban_at(text, m)
+        if end is None:
+            pos = m.start() + 1
+            continue
+        pieces += [text[last:m.start()], TOKENS[IBAN]]
+        counts[IBAN] = counts.get(IBAN, 0) + 1
+        pos = last = end
+    return "".join(pieces) + text[last:] if pieces else text
 
 
 def _ssn_sub(m: "re.Match", counts: Counts) -> str:
@@ -197,6 +229,9 @@ def _redact_phones(text: str, regions: Tuple[str, ...], counts: Counts) -> str:
             before = text[max(0, start - 40):start]
             if _PHONE_EXCLUDE.search(before):
                 continue  # "order #4155552671", "invoice no. 2025550143": business identifiers
+            if len(_DIGIT.findall(raw)) < 7 or _PHONE_GLUED_BEFORE.search(text, 0, start) or \
+                    _PHONE_GLUED_AFTER.match(text, match.end):
+                continue  # short codes, "$42,164.21", part of a UUID or a longer token
             bare = raw.isdigit()
             if bare and not _PHONE_CONTEXT.search(before):
                 continue  # an undelimited digit run is a phone only next to a phone keyword
@@ -223,9 +258,9 @@ def redact_text(text: str, regions: Tuple[str, ...] = ("US",), counts: Optional[
     if "@" in text:
         text = _EMAIL_RE.sub(lambda m: _count(counts, EMAIL), text)
     if _DIGIT.search(text):
-        text = _IBAN_RE.sub(lambda m: _iban_sub(m, counts), text)
+        text = _redact_ibans(text, counts)
         if _DIGIT_RUN.search(text):
-            text = _CARD_RE.sub(lambda m: _card_sub(m, counts), text)
+            text = _redact_cards(text, counts)
             text = _SSN_RE.sub(lambda m: _ssn_sub(m, counts), text)
             if _SSN_WORD.search(text):
                 text = _redact_bare_ssns(text, counts)
