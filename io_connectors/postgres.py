@@ -33,7 +33,6 @@ import time
 import zlib
 from collections import defaultdict
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam

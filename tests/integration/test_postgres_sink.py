@@ -15,6 +15,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
 from io_connectors.postgres import PostgresUpserter, WriteToPostgres
 from transforms.turns import AGENT_TURN_COLUMNS, AGENT_TURN_JSON, AGENT_TURN_KEYS
@@ -57,13 +58,22 @@ def _dead_summary(d):
     return (d.error_message.split(":")[0], d.step, d.source_topic, d.error_class, '"tokens_in": "many"' in d.payload)
 
 
-def run_write(rows, expected_dead=(), **kw):
-    """Rows -> WriteToPostgres on the DirectRunner; asserts the dead letters (as `_dead_summary` tuples)."""
+def run_write(rows, expected_dead=(), window_s=None, expected_windows=None, **kw):
+    """Rows -> WriteToPostgres on the DirectRunner; asserts the dead letters (as `_dead_summary` tuples) and,
+    with `window_s`, that each dead letter keeps its row's event time and window."""
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        dead = (p | beam.Create(rows) | WriteToPostgres(
+        rows_pc = p | beam.Create(rows)
+        if window_s:
+            rows_pc = (rows_pc | beam.Map(lambda r: TimestampedValue(r, r["ts_ms"] / 1000))
+                       | beam.WindowInto(FixedWindows(window_s)))
+        dead = rows_pc | WriteToPostgres(
             "agent_turns", AGENT_TURN_KEYS, AGENT_TURN_COLUMNS, version_column="ts_ms",
-            json_columns=AGENT_TURN_JSON, source_topic="text.agent.turn.completed", **kw))
+            json_columns=AGENT_TURN_JSON, source_topic="text.agent.turn.completed", **kw)
         assert_that(dead | beam.Map(_dead_summary), equal_to(list(expected_dead)))
+        if expected_windows is not None:
+            assert_that(dead | "WhereAndWhen" >> beam.Map(
+                lambda d, w=beam.DoFn.WindowParam: (d.event_time_ms - T0, int(w.start) * 1000 - T0)),
+                equal_to(expected_windows), label="DeadLettersKeepTheirWindow")
 
 
 def test_write_twice_gives_the_same_state(pg_conn, run_id, cleanup):
@@ -96,7 +106,7 @@ def test_permanent_errors_become_dead_letters_and_the_rest_is_written(pg_conn, r
     rows[7] = turn(run_id, 7, session_id=f"{run_id}-" + "x" * 120)   # varchar(100): 22001
     rows[19] = turn(run_id, 19, tokens_in="many")                      # not an integer: 22P02
     step, topic, kind = "WriteToPostgres[agent_turns]", "text.agent.turn.completed", "sink_permanent_error"
-    run_write(rows, batch_size=500, expected_dead=[
+    run_write(rows, batch_size=500, window_s=10, expected_windows=[(7000, 0), (19000, 10000)], expected_dead=[
         ("InvalidTextRepresentation [22P02]", step, topic, kind, True),
         ("StringDataRightTruncation [22001]", step, topic, kind, False)])
     assert len(snapshot(pg_conn, run_id)) == 28
