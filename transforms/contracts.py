@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from io_connectors import topics
 
 
+_FIELD_NAMES: Dict[type, frozenset] = {}  # per-class field names, for the hot path of with_metadata
+
+
 class EventModel(BaseModel):
     """Base of every contract: extra fields allowed and kept, epoch-ms timestamp, versioned.
 
@@ -62,10 +65,13 @@ class EventModel(BaseModel):
         pydantic's generic copy costs ~4x more."""
         cls = type(self)
         copy = cls.__new__(cls)
-        known = {k: v for k, v in fields.items() if k in cls.model_fields}
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = frozenset(cls.model_fields)
+        known = {k: v for k, v in fields.items() if k in names}
         extra = self.__pydantic_extra__
-        if extra is not None:
-            extra = {**extra, **{k: v for k, v in fields.items() if k not in known}}
+        if extra is not None and len(known) < len(fields):
+            extra = {**extra, **{k: v for k, v in fields.items() if k not in names}}
         object.__setattr__(copy, "__dict__", {**self.__dict__, **known})
         object.__setattr__(copy, "__pydantic_extra__", extra)
         object.__setattr__(copy, "__pydantic_fields_set__", self.__pydantic_fields_set__ | fields.keys())

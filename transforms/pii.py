@@ -150,8 +150,9 @@ def _redact_cards(text: str, counts: Counts) -> str:
         if m is None:
             break
         found = _card_in(m.group())
-        if found is None:
-            pos = m.end()
+        if found is None:  # resume at the run's next group: the card may start there and run past m.end()
+            nxt = _SEP.search(text, m.start(), m.end())
+            pos = nxt.end() if nxt else m.end()
             continue
         start, end = m.start() + found[0], m.start() + found[1]
         pieces += [text[last:start], TOKENS[CARD]]
@@ -415,6 +416,9 @@ _CHANGE_FIELD_ACTIONS = {
 }
 
 
+_NO_FIELDS: Dict[str, str] = {}
+
+
 class Redactor:
     """Applies a policy to events (pure; no Beam). `key` is needed only by pseudonymize actions."""
 
@@ -460,9 +464,17 @@ class Redactor:
                 return self._change(value, counts)
             return type(value).model_validate(self.value(value.model_dump(), action, counts))
         if isinstance(value, dict):
-            return {k: self.value(v, action, counts) for k, v in value.items()}
+            out = None
+            for k, v in value.items():
+                new = self.value(v, action, counts)
+                if new is not v:
+                    if out is None:
+                        out = dict(value)
+                    out[k] = new
+            return value if out is None else out  # unchanged containers keep their identity (cheap compare)
         if isinstance(value, (list, tuple)):
-            return [self.value(v, action, counts) for v in value]
+            new_items = [self.value(v, action, counts) for v in value]
+            return value if all(a is b for a, b in zip(new_items, value)) else new_items
         return value  # numbers and booleans hold no free text
 
     def _change(self, change: BaseModel, counts: Counts) -> BaseModel:
@@ -474,22 +486,25 @@ class Redactor:
     def event(self, event: EventModel) -> Tuple[EventModel, Counts]:
         """A redacted copy of `event` and the counts per kind; metadata gets `pii` (kinds, counts, fields
         pseudonymized, policy version), never a value."""
-        spec = self.policy.fields.get(type(event).__name__, {})
+        spec = self.policy.fields.get(type(event).__name__, _NO_FIELDS)
         counts: Counts = {}
         updates: Dict[str, Any] = {}
         pseudonymized = []
+        values = event.__dict__
         for name, action in spec.items():
-            old = getattr(event, name)
+            old = values[name]
+            if old is None:
+                continue
             new = self.value(old, action, counts)
             if new is not old and new != old:
                 updates[name] = new
-                if action.startswith("pseudonymize"):
+                if action[0] == "p" and action.startswith("pseudonymize"):
                     pseudonymized.append(name)
         extra = event.__pydantic_extra__
         if extra and self.policy.extra_fields != "keep":
             for name, old in extra.items():
                 new = self.value(old, self.policy.extra_fields, counts)
-                if new != old:
+                if new is not old and new != old:
                     updates[name] = new
         meta = {"policy_version": self.policy.version, "redacted": dict(sorted(counts.items()))}
         if pseudonymized:
