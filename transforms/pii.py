@@ -429,6 +429,19 @@ class Redactor:
         self._key = key
         self._regions = policy.phone_regions
         self._pseudonyms: Dict[Tuple[str, str], str] = {}  # ids repeat a lot; HMAC costs ~5 us
+        self._urls: Dict[str, Tuple[str, Tuple[Tuple[str, int], ...]]] = {}
+
+    def _url(self, url: str, counts: Counts) -> str:
+        """redact_url, memoised: page URLs and referrers repeat far more than free text does."""
+        hit = self._urls.get(url)
+        if hit is None:
+            if len(self._urls) >= 50_000:
+                self._urls.clear()
+            red, found = redact_url(url, self._regions)
+            hit = self._urls[url] = (red, tuple(found.items()))
+        for kind, n in hit[1]:
+            counts[kind] = counts.get(kind, 0) + n
+        return hit[0]
 
     def _pseudonym(self, value: str, action: str) -> str:
         cached = self._pseudonyms.get((action, value))
@@ -452,7 +465,7 @@ class Redactor:
             if action == "scan":
                 return redact_text(value, self._regions, counts)[0]
             if action == "url":
-                return redact_url(value, self._regions, counts)[0]
+                return self._url(value, counts)
             if action in ("person", "phone"):
                 kind = PERSON if action == "person" else PHONE
                 return _count(counts, kind) if value.strip() else value
