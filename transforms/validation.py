@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from pydantic import ValidationError
 
-from transforms.contracts import CONTRACTS, EventModel
+from transforms.contracts import CONTRACTS, EventModel, set_metadata
 from transforms.dead_letters import DeadLetter, ErrorKind, Tags
 from transforms.records import KafkaRecord
 
@@ -73,7 +73,7 @@ def parse_event(raw: bytes, model: Type[EventModel], *, now_ms: Optional[int] = 
         raise EventError(ErrorKind.TIMESTAMP, f"timestamp {ts} is implausibly far in the future")
     extra = event.__pydantic_extra__
     if extra:
-        event._meta = {"extra_fields": sorted(extra)}  # our own fresh object: no copy needed
+        set_metadata(event, {"extra_fields": sorted(extra)})  # our own fresh object: no copy needed
     return event
 
 
