@@ -1,9 +1,14 @@
-"""KPI pipeline: agent turns from Kafka -> validated -> idempotent upserts into Postgres `agent_turns`.
+"""KPI pipeline: agent turns, tool calls and session updates -> Postgres `agent_turns` and `session_kpis`, and
+the Redis hot session state.
 
     python -m beam_pipelines.kpi --runner=FlinkRunner --flink_master=localhost:8081 [--consumer_group=...]
 
-Bad records (not JSON, not a valid turn) go to `text.agent.turn.completed.dlq` with the reason; the job never
-fails on bad input. Run `python -m beam_pipelines.kpi --help` for every option.
+Turns are validated, PII-redacted, scored and upserted on (session_id, turn_id) (newer ts_ms wins); each turn
+updates `session:{id}:state` / `:metrics` in Redis (an older event never overwrites newer state). Turns and
+tool calls are sessionized per session_id (gap `--session_gap_seconds`) into `session_kpis`, with early panes
+every `--early_firing_seconds`, a final pane when the session closes, and late corrections within
+`--allowed_lateness_seconds` that update the row. Bad records go to `<topic>.dlq` with the reason; the job
+never fails on bad input. `--help` lists every option.
 """
 
 from __future__ import annotations
@@ -14,18 +19,30 @@ from typing import List, Optional
 
 import apache_beam as beam
 
-from beam_pipelines.options import KafkaSourceOptions, SinkOptions, consumer_config, finalize_options
+from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_letters
+from beam_pipelines.options import SinkOptions, TransformOptions, WindowOptions
 from io_connectors import topics
-from io_connectors.kafka import ReadKafkaRecords, WriteDeadLetters
 from io_connectors.postgres import WriteToPostgres
-from io_connectors.settings import KafkaSettings
-from transforms.contracts import AgentTurnCompleted
-from transforms.turns import AGENT_TURN_COLUMNS, AGENT_TURN_JSON, AGENT_TURN_KEYS, turn_to_row
-from transforms.validation import ValidateEvents, validated
+from io_connectors.redis_state import WriteSessionState
+from transforms.pii import RedactPii
+from transforms.scoring import ScoreAgentTurns
+from transforms.turns import AGENT_TURN_JSON, AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, turn_to_row
+from transforms.validation import validated
+from transforms.windows import SESSION_KPI_COLUMNS, SessionizeActivity, tool_activity, turn_activity
+
+TOPICS = (topics.TURNS, topics.TOOLS, topics.SESSIONS)
+
+
+def session_state_event(scored) -> dict:
+    """A scored (redacted) turn -> the Redis writer's input; event time orders the state (seq)."""
+    t = scored.event
+    return {"session_id": t.session_id, "turn_id": t.turn_id, "seq": t.timestamp, "event_time_ms": t.timestamp,
+            "message": t.response_text, "channel": t.channel, "status": "active",
+            "response_time_ms": t.latency_ms}
 
 
 class WriteAgentTurns(beam.PTransform):
-    """Typed turns -> `agent_turns` (upsert on session_id, turn_id; newer ts_ms wins). Returns dead letters."""
+    """Scored turns -> `agent_turns` (upsert on session_id, turn_id; newer ts_ms wins). Returns dead letters."""
 
     def __init__(self, batch_size: int = 500, max_attempts: int = 6, label: Optional[str] = None):
         super().__init__(label)
@@ -36,33 +53,51 @@ class WriteAgentTurns(beam.PTransform):
         return (turns
                 | "ToRow" >> beam.Map(turn_to_row)
                 | "UpsertAgentTurns" >> WriteToPostgres(
-                    "agent_turns", AGENT_TURN_KEYS, AGENT_TURN_COLUMNS, version_column="ts_ms",
+                    "agent_turns", AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, version_column="ts_ms",
                     json_columns=AGENT_TURN_JSON, batch_size=self._batch_size, max_attempts=self._max_attempts,
                     source_topic=topics.TURNS))
 
 
 def build(p: beam.Pipeline, opts) -> None:
-    src = opts.view_as(KafkaSourceOptions)
     sink = opts.view_as(SinkOptions)
-    records = p | "ReadTurns" >> ReadKafkaRecords(
-        [topics.TURNS], consumer_config(opts), src.expansion_service, start_read_time_ms=src.start_read_time_ms,
-        max_num_records=src.max_num_records)
-    turns, invalid = validated(records | "ValidateTurns" >> ValidateEvents(
-        AgentTurnCompleted, max_payload_bytes=src.max_payload_bytes))
-    refused = turns | "WriteAgentTurns" >> WriteAgentTurns(sink.pg_batch_size, sink.pg_max_attempts)
-    ((invalid, refused) | "MergeDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters([topics.TURNS], KafkaSettings.from_env().client_config(),
-                                              src.expansion_service))
+    win = opts.view_as(WindowOptions)
+    xf = opts.view_as(TransformOptions)
+    events, dead = read_and_validate(p, opts, TOPICS)
+    dead_letters = [dead]
+
+    turns, d = validated(events[topics.TURNS] | "RedactTurns" >> RedactPii(xf.pii_policy_file))
+    dead_letters.append(d)
+    scored, d = validated(turns | "ScoreTurns" >> ScoreAgentTurns(xf.price_table_file))
+    dead_letters.append(d)
+    dead_letters.append(scored | "WriteAgentTurns" >> WriteAgentTurns(sink.pg_batch_size, sink.pg_max_attempts))
+    dead_letters.append(scored
+                        | "ToSessionState" >> beam.Map(session_state_event)
+                        | "WriteRedisSessionState" >> WriteSessionState(
+                            ttl_seconds=xf.redis_ttl_seconds, source_topic=topics.TURNS))
+
+    tools, d = validated(events[topics.TOOLS] | "RedactTools" >> RedactPii(xf.pii_policy_file))
+    dead_letters.append(d)
+    # Session updates are validated and redacted (bad ones reach their DLQ); the KPIs derive from turns and
+    # tool calls, which carry the counts themselves.
+    _, d = validated(events[topics.SESSIONS] | "RedactSessionUpdates" >> RedactPii(xf.pii_policy_file))
+    dead_letters.append(d)
+
+    activity = ((scored | "TurnActivity" >> beam.Map(lambda s: turn_activity(s.event,
+                                                                             s.scores.get("estimated_cost_usd") or 0)),
+                 tools | "ToolActivity" >> beam.Map(tool_activity))
+                | "MergeActivity" >> beam.Flatten())
+    dead_letters.append(activity
+                        | "SessionizeTurns" >> SessionizeActivity(win.session_gap_seconds, win.allowed_lateness_seconds,
+                                                                  win.early_firing_seconds)
+                        | "UpsertSessionKpis" >> WriteToPostgres(
+                            "session_kpis", ("session_id",), SESSION_KPI_COLUMNS, version_column="pane_version",
+                            batch_size=sink.pg_batch_size, max_attempts=sink.pg_max_attempts,
+                            source_topic=topics.TURNS))
+    write_dead_letters(opts, dead_letters, TOPICS)
 
 
 def run(argv: Optional[List[str]] = None, wait: bool = True):
-    opts = finalize_options(argv, "kpi", __doc__)
-    p = beam.Pipeline(options=opts)
-    build(p, opts)
-    result = p.run()
-    if wait:
-        result.wait_until_finish()
-    return result
+    return run_pipeline(build, argv, "kpi", __doc__, TOPICS, wait)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,12 @@ class KafkaSourceOptions(PipelineOptions):
                             help="Kafka consumer group (offsets are committed on completed Flink checkpoints). "
                                  "Default: iheardai-<pipeline>.")
         parser.add_argument("--start_from", default="committed", choices=START_FROM,
-                            help="Where to start when the group has no committed offset: 'committed' "
-                                 "(committed offset, else earliest), 'earliest' or 'latest'. Use "
-                                 "--start_read_time_ms to start from a timestamp.")
+                            help="'committed': resume the consumer group (a new group starts at the earliest "
+                                 "offset); 'earliest' or 'latest': reposition the group there before the job "
+                                 "starts (replays). Use --start_read_time_ms to start from a timestamp.")
         parser.add_argument("--start_read_time_ms", type=int, default=None,
-                            help="Start every partition at the first offset at/after this epoch-ms timestamp "
-                                 "(backfills and replays); overrides --start_from.")
+                            help="Reposition the group to the first offset at/after this epoch-ms timestamp in "
+                                 "every partition (backfills and replays); overrides --start_from.")
         parser.add_argument("--expansion_service", default=None,
                             help="host:port of the Beam Kafka expansion service "
                                  "(default: $BEAM_EXPANSION_SERVICE, the local stack's localhost:8097).")
@@ -58,6 +58,37 @@ class SinkOptions(PipelineOptions):
                             help="Rows per Postgres upsert round trip.")
         parser.add_argument("--pg_max_attempts", type=int, default=6,
                             help="Attempts for a batch on transient Postgres errors (jittered backoff).")
+
+
+class WindowOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--session_gap_seconds", type=int, default=1800,
+                            help="Inactivity that closes a session window (seconds).")
+        parser.add_argument("--allowed_lateness_seconds", type=int, default=3600,
+                            help="How late an event may arrive and still correct its session (seconds).")
+        parser.add_argument("--early_firing_seconds", type=int, default=5,
+                            help="Processing-time delay between early panes of a running window (seconds).")
+        parser.add_argument("--billing_allowed_lateness_seconds", type=int, default=6 * 3600,
+                            help="How late usage may arrive and still correct its hour (seconds).")
+        parser.add_argument("--archive_allowed_lateness_seconds", type=int, default=2 * 3600,
+                            help="How late an event may arrive and still be archived in its hour (seconds).")
+        parser.add_argument("--archive_late_firing_delay_seconds", type=int, default=60,
+                            help="Late archive data is batched into one extra file per this delay (seconds).")
+        parser.add_argument("--archive_shards", type=int, default=1,
+                            help="Parquet files per topic and hour (write parallelism).")
+
+
+class TransformOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--pii_policy_file", default=None,
+                            help="Per-field PII policy (JSON). Default: $PII_POLICY_FILE or config/pii_policy.json.")
+        parser.add_argument("--price_table_file", default=None,
+                            help="Model price table (JSON). Default: $MODEL_PRICE_TABLE_FILE or "
+                                 "config/model_prices.json.")
+        parser.add_argument("--redis_ttl_seconds", type=int, default=7 * 24 * 3600,
+                            help="TTL of the Redis hot session keys (seconds, 0 = no expiry).")
 
 
 def _has_flag(argv: List[str], name: str) -> bool:
@@ -118,7 +149,24 @@ def finalize_options(argv: Optional[List[str]], pipeline: str, description: str 
         src.expansion_service = settings.get("BEAM_EXPANSION_SERVICE", "localhost:8097")
     if src.max_payload_bytes <= 0:
         raise ValueError("--max_payload_bytes must be positive")
+    win = opts.view_as(WindowOptions)
+    if win.session_gap_seconds <= 0 or win.early_firing_seconds <= 0 or win.archive_shards < 1 or min(
+            win.allowed_lateness_seconds, win.billing_allowed_lateness_seconds,
+            win.archive_allowed_lateness_seconds, win.archive_late_firing_delay_seconds) < 0:
+        raise ValueError("window options: gaps, firing delays and shards must be positive, lateness >= 0")
+    _export_local_secrets()
     return opts
+
+
+def _export_local_secrets() -> None:
+    """On the local stack, make the PII key visible to this process the way a pod's Secret would."""
+    import os
+
+    for name in ("PII_HMAC_KEY",):
+        if name not in os.environ and f"{name}_FILE" not in os.environ:
+            value = settings.get(name)
+            if value:
+                os.environ[name] = value
 
 
 def consumer_config(opts: PipelineOptions) -> dict:

@@ -175,6 +175,7 @@ def ensure_env_file() -> dict:
         "SPACES_BUCKET": "iheardai-archive",
         "SPACES_ACCESS_KEY": "dev" + secrets.token_hex(8),
         "SPACES_SECRET_KEY": secrets.token_urlsafe(24),
+        "PII_HMAC_KEY": secrets.token_hex(32),
         "FLINK_REST_URL": f"http://localhost:{PORTS['flink']}",
         "BEAM_JOB_ENDPOINT": f"localhost:{PORTS['job-server']}",
         "BEAM_EXPANSION_SERVICE": f"localhost:{PORTS['expansion-service']}",
@@ -518,6 +519,12 @@ def _flink_conf() -> None:
         "taskmanager.host: localhost",
         f"taskmanager.numberOfTaskSlots: {slots}",
         "taskmanager.memory.process.size: 4096m",
+        # Every Beam job loads the ~200 MB job jar (EMBEDDED Java harness) in its own classloader.
+        "taskmanager.memory.jvm-metaspace.size: 1024m",
+        # A job that keeps failing backs off instead of reloading classes in a tight loop.
+        "restart-strategy.type: exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff: 1 s",
+        "restart-strategy.exponential-delay.max-backoff: 60 s",
         "parallelism.default: 1",
         "rest.address: localhost",
         "rest.bind-address: localhost",
@@ -579,7 +586,8 @@ def worker_pool_start() -> subprocess.Popen:
     return spawn("worker-pool", [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
                                  f"--service_port={PORTS['worker-pool']}"], cwd=REPO,
                  # the pool starts workers as `python ...`: the venv's interpreter must come first on PATH
-                 env={"PYTHONPATH": str(REPO),
+                 # the workers get the same settings a production pod gets from its Secrets/ConfigMaps
+                 env={**load_env_file(), "PYTHONPATH": str(REPO),
                       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
 
 

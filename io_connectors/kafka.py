@@ -92,3 +92,39 @@ class WriteDeadLetters(beam.PTransform):
                  value_serializer="org.apache.kafka.common.serialization.ByteArraySerializer",
                  expansion_service=self._expansion_service))
         return PDone(dead_letters.pipeline)
+
+
+def position_consumer_group(group: str, topics: Sequence[str], librdkafka_config: Dict[str, str],
+                            start_from: str = "committed", start_time_ms: Optional[int] = None) -> Dict[str, int]:
+    """Commit the group's start offsets before a job starts (backfills, replays, a fresh start).
+
+    `start_time_ms`: the first offset at/after that time in every partition, or the end of a partition that
+    has no such record. `start_from` "earliest"/"latest": the partition's start/end. "committed" without a
+    time leaves the group as it is. Beam's legacy Kafka reader fails a partition whose records are all older
+    than `start_read_time` (KafkaUnboundedReader: "no messages has a timestamp that is greater than or equals
+    to the target time"), so the pipelines position the group here instead and read from committed offsets.
+    Returns {"topic:partition": offset} as committed.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    if start_time_ms is None and start_from == "committed":
+        return {}
+    c = Consumer({**librdkafka_config, "group.id": group, "enable.auto.commit": False})
+    try:
+        wanted: List[TopicPartition] = []
+        for topic in topics:
+            meta = c.list_topics(topic, timeout=15).topics[topic]
+            if meta.error is not None:
+                raise RuntimeError(f"topic {topic}: {meta.error}")
+            for p in sorted(meta.partitions):
+                low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+                if start_time_ms is not None:
+                    found = c.offsets_for_times([TopicPartition(topic, p, start_time_ms)], timeout=15)[0].offset
+                    offset = found if found >= 0 else high
+                else:
+                    offset = low if start_from == "earliest" else high
+                wanted.append(TopicPartition(topic, p, offset))
+        c.commit(offsets=wanted, asynchronous=False)
+        return {f"{tp.topic}:{tp.partition}": tp.offset for tp in wanted}
+    finally:
+        c.close()

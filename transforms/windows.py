@@ -51,7 +51,8 @@ def _utc(ms: Optional[int]) -> Optional[datetime]:
 
 
 def accumulating_trigger(early_firing_s: float):
-    return trigger.AfterWatermark(early=trigger.AfterProcessingTime(early_firing_s),
+    # The portable runner API takes whole seconds here (a float fails to translate).
+    return trigger.AfterWatermark(early=trigger.AfterProcessingTime(max(1, int(round(early_firing_s)))),
                                   late=trigger.AfterCount(1))
 
 
