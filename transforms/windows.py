@@ -24,7 +24,7 @@ class Activity(NamedTuple):
     """One countable thing that happened in a session or an account-hour."""
 
     kind: str  # "turn" | "tool"
-    item_id: str  # turn_id or invocation_id: duplicates share it
+    item_id: str  # "<session_id>/<turn_id>" or invocation_id: unique per item, duplicates share it
     session_id: str
     account_id: str
     user_id: Optional[str]
@@ -37,7 +37,8 @@ class Activity(NamedTuple):
 
 
 def turn_activity(turn, cost_usd: float = 0.0) -> Activity:
-    return Activity("turn", turn.turn_id, turn.session_id, turn.account_id or "unassigned", turn.user_id,
+    # turn ids are per session ("t0003" exists in many sessions): the session makes them unique per account
+    return Activity("turn", f"{turn.session_id}/{turn.turn_id}", turn.session_id, turn.account_id or "unassigned", turn.user_id,
                     turn.channel, turn.timestamp, turn.tokens_in, turn.tokens_out, turn.latency_ms, cost_usd)
 
 

@@ -110,3 +110,58 @@ def read_from(topic: str, bootstrap: str, start: Dict[int, int], idle_s: float =
         return values
     finally:
         c.close()
+
+
+class running_pipeline:
+    """Submit a pipeline module to the Flink cluster, wait until Flink lists it RUNNING, cancel it on exit.
+
+    `start_ms`: the consumer group is positioned at the first record at/after it (`--start_read_time_ms`)."""
+
+    def __init__(self, module, run_id: str, start_ms: int, *extra_args: str):
+        self.module, self.job_name = module, f"e2e-{module.__name__.rsplit('.', 1)[-1]}-{run_id}"
+        self.args = [f"--job_name={self.job_name}", f"--consumer_group=e2e-{run_id}",
+                     f"--start_read_time_ms={start_ms}", "--parallelism=2", *extra_args]
+        self.result = None
+
+    def __enter__(self):
+        self.result = self.module.run(self.args, wait=False)
+        poll(lambda: any(j["state"] == "RUNNING" for j in jobs_by_name(self.job_name)), 120,
+             f"Flink to list {self.job_name} RUNNING")
+        return self
+
+    def assert_running(self):
+        assert any(j["state"] == "RUNNING" for j in jobs_by_name(self.job_name)), f"{self.job_name} not RUNNING"
+
+    def __exit__(self, *exc):
+        cancel_by_name(self.job_name)
+        try:
+            self.result.cancel()
+        except Exception:  # noqa: BLE001 - already cancelled through Flink's REST API
+            pass
+        return False
+
+
+def dead_letters_at(topic: str, bootstrap: str, start: Dict[int, int], positions) -> Dict:
+    """DeadLetters in `<topic>.dlq` (from `start` offsets) whose source position is one of `positions`."""
+    from io_connectors.topics import dlq_topic
+    from transforms.dead_letters import DeadLetter
+
+    found = {}
+    for v in read_from(dlq_topic(topic), bootstrap, start):
+        dl = DeadLetter.from_json(v)
+        if dl.source_topic == topic and (dl.source_partition, dl.source_offset) in positions:
+            found[(dl.source_partition, dl.source_offset)] = dl
+    return found
+
+
+def advance_watermarks(topic: str, bootstrap: str, ts_ms: int, run_id: str) -> int:
+    """Produce one heartbeat record (not a valid event: it ends in the DLQ) to every partition of `topic`
+    with Kafka timestamp `ts_ms`, so every partition's CreateTime watermark passes the test's windows."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    parts = p.list_topics(topic, timeout=10).topics[topic].partitions
+    for part in parts:
+        p.produce(topic, value=f'{{"heartbeat": "{run_id}"}}'.encode(), partition=part, timestamp=ts_ms)
+    p.flush(30)
+    return len(parts)

@@ -1,0 +1,82 @@
+"""Billing pipeline: usage per account per event-time hour -> Postgres `billing_usage` and the
+`billing.usage.metered` topic.
+
+    python -m beam_pipelines.billing --runner=FlinkRunner --flink_master=localhost:8081
+
+Turns (tokens, estimated cost from the price table) and tool invocations are counted once each (duplicates
+and replays are ignored) per (account_id, hour). Early panes keep the row fresh; late data within
+`--billing_allowed_lateness_seconds` corrects it. Every pane carries a `revision` (the number of distinct
+items counted) that only grows with real data: the row is upserted only by a larger or equal revision, and
+each message on `billing.usage.metered` (keyed `account_id|hour_start_ms`) carries it, so a consumer keeps
+the largest revision per key. `--help` lists every option.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.io.kafka import WriteToKafka
+
+from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_letters
+from beam_pipelines.options import KafkaSourceOptions, SinkOptions, TransformOptions, WindowOptions
+from io_connectors import topics
+from io_connectors.postgres import WriteToPostgres
+from io_connectors.settings import KafkaSettings
+from transforms.contracts import BillingUsageMetered
+from transforms.scoring import ScoreAgentTurns
+from transforms.validation import validated
+from transforms.windows import BILLING_COLUMNS, HOUR_S, HourlyUsagePerAccount, tool_activity, turn_activity
+
+TOPICS = (topics.TURNS, topics.TOOLS)
+
+
+def usage_message(row: dict) -> Tuple[bytes, bytes]:
+    """A billing row -> (key, BillingUsageMetered JSON). Deterministic, so a replayed pane is the same message."""
+    hour_ms = row["hour_start_ms"]
+    msg = BillingUsageMetered(
+        account_id=row["account_id"], hour_start_ms=hour_ms, turns=row["turns"], tokens_in=row["tokens_in"],
+        tokens_out=row["tokens_out"], tool_invocations=row["tool_invocations"],
+        estimated_cost_usd=row["estimated_cost_usd"], revision=row["revision"], is_final=row["is_final"],
+        timestamp=hour_ms + HOUR_S * 1000 - 1)
+    return f"{row['account_id']}|{hour_ms}".encode(), json.dumps(msg.model_dump(), sort_keys=True).encode()
+
+
+def build(p: beam.Pipeline, opts) -> None:
+    sink = opts.view_as(SinkOptions)
+    win = opts.view_as(WindowOptions)
+    xf = opts.view_as(TransformOptions)
+    events, dead = read_and_validate(p, opts, TOPICS)
+    dead_letters = [dead]
+    scored, d = validated(events[topics.TURNS] | "PriceTurns" >> ScoreAgentTurns(xf.price_table_file))
+    dead_letters.append(d)
+    usage = ((scored | "TurnUsage" >> beam.Map(lambda s: turn_activity(s.event,
+                                                                       s.scores.get("estimated_cost_usd") or 0)),
+              events[topics.TOOLS] | "ToolUsage" >> beam.Map(tool_activity))
+             | "MergeUsage" >> beam.Flatten()
+             | "HourlyUsagePerAccount" >> HourlyUsagePerAccount(win.billing_allowed_lateness_seconds,
+                                                                win.early_firing_seconds))
+    dead_letters.append(usage | "UpsertBillingUsage" >> WriteToPostgres(
+        "billing_usage", ("account_id", "hour_start"), BILLING_COLUMNS, version_column="revision",
+        batch_size=sink.pg_batch_size, max_attempts=sink.pg_max_attempts, source_topic=topics.TURNS))
+    (usage
+     | "ToUsageMessage" >> beam.Map(usage_message).with_output_types(Tuple[bytes, bytes])
+     | "PublishUsage" >> WriteToKafka(
+         producer_config={**KafkaSettings.from_env().client_config(), "acks": "all", "enable.idempotence": "true"},
+         topic=topics.BILLING,
+         key_serializer="org.apache.kafka.common.serialization.ByteArraySerializer",
+         value_serializer="org.apache.kafka.common.serialization.ByteArraySerializer",
+         expansion_service=opts.view_as(KafkaSourceOptions).expansion_service))
+    write_dead_letters(opts, dead_letters, TOPICS)
+
+
+def run(argv: Optional[List[str]] = None, wait: bool = True):
+    return run_pipeline(build, argv, "billing", __doc__, TOPICS, wait)
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run(sys.argv[1:])
