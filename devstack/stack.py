@@ -522,6 +522,9 @@ def _flink_conf() -> None:
         # Every Beam job loads the ~200 MB job jar (EMBEDDED Java harness) in its own classloader.
         "taskmanager.memory.jvm-metaspace.size: 1024m",
         # A job that keeps failing backs off instead of reloading classes in a tight loop.
+        # A killed TaskManager (restart_taskmanager) is noticed in seconds, not the default 50 s.
+        "heartbeat.interval: 3000",
+        "heartbeat.timeout: 15000",
         "restart-strategy.type: exponential-delay",
         "restart-strategy.exponential-delay.initial-backoff: 1 s",
         "restart-strategy.exponential-delay.max-backoff: 60 s",
@@ -558,6 +561,23 @@ def flink_after_start() -> None:
         tm = None
     wait_until("flink-taskmanager",
                lambda: http_json(f"http://localhost:{PORTS['flink']}/overview")["taskmanagers"] >= 1, 90, tm)
+
+
+def restart_taskmanager(timeout_s: float = 90) -> None:
+    """A fresh TaskManager: the EMBEDDED Java harness leaks Kafka producer threads and classes of cancelled
+    jobs into the TaskManager JVM, so long test sessions recycle it (running jobs restart on the new one)."""
+    pid = read_pid("flink-taskmanager")
+    if pid is not None:
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    # The JobManager notices the lost TaskManager after its heartbeat timeout; wait for the new one to register.
+    old = {t["id"] for t in http_json(f"http://localhost:{PORTS['flink']}/taskmanagers")["taskmanagers"]}
+    tm = spawn("flink-taskmanager", ["bash", FLINK_HOME / "bin/taskmanager.sh", "start-foreground"], env=_flink_env())
+    wait_until("flink-taskmanager", lambda: any(
+        t["id"] not in old for t in http_json(f"http://localhost:{PORTS['flink']}/taskmanagers")["taskmanagers"]),
+        timeout_s, tm)
 
 
 def flink_healthy() -> bool:
@@ -715,6 +735,9 @@ def main(argv: List[str]) -> int:
     if cmd == "env":
         # Names only: values are credentials.
         print("\n".join(f"{k}=<set>" for k in load_env_file()))
+        return 0
+    if cmd == "restart-taskmanager":
+        restart_taskmanager()
         return 0
     if cmd == "logs":
         print(LOGS)

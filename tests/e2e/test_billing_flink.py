@@ -1,0 +1,105 @@
+"""Billing pipeline on the Flink cluster: exact usage per account per event-time hour in `billing_usage`,
+and the same totals (largest revision per key) on `billing.usage.metered`; duplicates counted once."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+
+import pytest
+
+from io_connectors import topics
+from tests.e2e.flink_helpers import (advance_watermarks, end_offsets, poll, produce_with_offsets, read_from,
+                                     running_pipeline)
+from transforms.contracts import AgentTurnCompleted
+from transforms.generator import ProducedRecord, ToolWorkload, TurnWorkload
+from transforms.scoring import PriceTable, score_turn
+
+pytestmark = pytest.mark.e2e
+HOUR_MS = 3_600_000
+
+
+def _own_accounts(records, run_id):
+    """Give the run its own account ids, so other tests' usage in the same hours never mixes in."""
+    out = []
+    for rec in records:
+        if rec.kind != "malformed":
+            ev = json.loads(rec.value)
+            ev["account_id"] = f"{run_id}-{ev['account_id']}"
+            rec = ProducedRecord(rec.key, json.dumps(ev).encode(), rec.timestamp_ms, rec.kind)
+        out.append(rec)
+    return out
+
+
+def test_billing_usage_per_account_hour_is_exact(stack, pg_conn, kafka_settings, run_id):
+    from beam_pipelines import billing
+
+    bootstrap = kafka_settings.bootstrap_servers
+    hour = (int(time.time() * 1000) // HOUR_MS - 1) * HOUR_MS
+    start = hour - 4 * 60_000  # the workload crosses an hour boundary
+    turns = _own_accounts(TurnWorkload(seed=11, run_id=run_id, start_ms=start, sessions=30, accounts=3,
+                                       max_disorder_ms=60_000).generate(400).records, run_id)
+    tools = _own_accounts(ToolWorkload(seed=12, run_id=run_id, start_ms=start, sessions=30, accounts=3)
+                          .generate(150).records, run_id)
+    tools += tools[:10]  # replayed tool calls count once
+
+    prices = PriceTable.load()
+    want = defaultdict(lambda: [0, 0, 0, 0, 0.0])  # turns, tokens_in, tokens_out, tools, cost
+    seen = set()
+    for rec in turns + tools:
+        if rec.kind == "malformed":
+            continue
+        ev = json.loads(rec.value)
+        key = ev.get("invocation_id") or (ev["session_id"], ev["turn_id"])
+        if key in seen:
+            continue
+        seen.add(key)
+        w = want[(ev["account_id"], ev["timestamp"] // HOUR_MS * HOUR_MS)]
+        if "invocation_id" in ev:
+            w[3] += 1
+        else:
+            w[0] += 1
+            w[1] += ev["tokens_in"]
+            w[2] += ev["tokens_out"]
+            w[4] += score_turn(AgentTurnCompleted.model_validate(ev), prices)["estimated_cost_usd"]
+    assert len({h for _, h in want}) == 2
+
+    usage_start = end_offsets(topics.BILLING, bootstrap)
+    produce_with_offsets(turns, topics.TURNS, bootstrap)
+    produce_with_offsets(tools, topics.TOOLS, bootstrap)
+    first = min(r.timestamp_ms for r in turns + tools) - 1
+    for topic in (topics.TURNS, topics.TOOLS):  # both hours close: final panes
+        advance_watermarks(topic, bootstrap, hour + 2 * HOUR_MS + 60_000, run_id)
+
+    with running_pipeline(billing, run_id, first, "--early_firing_seconds=2") as job:
+        def rows():
+            with pg_conn.cursor() as cur:
+                cur.execute("SELECT account_id, (extract(epoch from hour_start) * 1000)::bigint, turns, tokens_in, "
+                            "tokens_out, tool_invocations, estimated_cost_usd, revision FROM billing_usage "
+                            "WHERE account_id LIKE %s", (f"{run_id}-%",))
+                got = {(r[0], r[1]): r[2:] for r in cur.fetchall()}
+            ok = set(got) == set(want) and all(got[k][:4] == tuple(want[k][:4]) for k in want)
+            return got if ok else None
+
+        got = poll(rows, 180, "billing_usage to match the distinct usage per account and hour")
+        for k, w in want.items():
+            assert float(got[k][4]) == pytest.approx(w[4], abs=1e-5)
+            assert got[k][5] == w[0] + w[3]  # revision: distinct items counted
+
+        def published():
+            best = {}
+            for v in read_from(topics.BILLING, bootstrap, usage_start):
+                m = json.loads(v)
+                if m["account_id"].startswith(f"{run_id}-"):
+                    k = (m["account_id"], m["hour_start_ms"])
+                    if k not in best or m["revision"] > best[k]["revision"]:
+                        best[k] = m
+            ok = set(best) == set(want) and all(
+                (best[k]["turns"], best[k]["tokens_in"], best[k]["tokens_out"], best[k]["tool_invocations"])
+                == tuple(want[k][:4]) for k in want)
+            return best if ok else None
+
+        best = poll(published, 120, "billing.usage.metered to carry the same totals")
+        assert all(best[k]["estimated_cost_usd"] == pytest.approx(want[k][4], abs=1e-5) for k in want)
+        job.assert_running()
