@@ -1,9 +1,10 @@
 """The one-command local demo: `python -m beam_pipelines.demo` (the README's `./run demo` wraps it).
 
-Starts the local stack, applies the schema, produces a realistic workload of agent turns (duplicates,
-out-of-order events, malformed records) to Kafka, runs the KPI pipeline on the local Flink cluster, waits
-until what it wrote is visible, and prints a summary with the Flink dashboard URL. The job keeps running
-(Flink dashboard: cancel it there, or `python -m beam_pipelines.demo --stop`).
+Starts the local stack, applies the schema, submits the whole suite (kpi, frontend, billing, archive, leads)
+to the local Flink cluster, produces a realistic workload to Kafka (many concurrent sessions crossing hour
+boundaries, duplicates, out-of-order and malformed events on every topic), waits until it has landed, and
+prints what landed where plus the Flink dashboard URL. The jobs keep running (cancel them in the dashboard,
+or `python -m beam_pipelines.demo --stop`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import time
 import urllib.request
 import uuid
 
-DEMO_JOB = "iheardai-demo-kpi"
+PIPELINES = ("kpi", "frontend", "billing", "archive", "leads")
+PREFIX = "iheardai-demo-"
 
 
 def _flink(path: str, method: str = "GET"):
@@ -28,20 +30,33 @@ def _flink(path: str, method: str = "GET"):
     return json.loads(body) if body else {}
 
 
-def _running_demo_jobs():
-    return [j for j in _flink("/jobs/overview")["jobs"] if j["name"] == DEMO_JOB and j["state"] == "RUNNING"]
+def _demo_jobs(state: str = "RUNNING"):
+    return [j for j in _flink("/jobs/overview")["jobs"] if j["name"].startswith(PREFIX) and j["state"] == state]
 
 
 def stop() -> None:
-    for j in _running_demo_jobs():
+    for j in _demo_jobs():
         _flink(f"/jobs/{j['jid']}?mode=cancel", "PATCH")
-        print(f"cancelled {DEMO_JOB} ({j['jid']})")
+        print(f"cancelled {j['name']} ({j['jid']})")
+
+
+def _query(sql: str, args=()):
+    import psycopg2
+
+    from io_connectors.settings import PostgresSettings
+
+    try:
+        with psycopg2.connect(**PostgresSettings.from_env().connect_kwargs()) as c, c.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+    except psycopg2.OperationalError:
+        return None  # Postgres restarting: the sinks retry, so does the demo
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--turns", type=int, default=2000, help="valid turns to produce")
-    ap.add_argument("--stop", action="store_true", help="cancel the demo job and exit")
+    ap.add_argument("--events", type=int, default=6000, help="events to produce across all topics")
+    ap.add_argument("--stop", action="store_true", help="cancel the demo jobs and exit")
     args = ap.parse_args(argv)
 
     if subprocess.call([sys.executable, "-m", "devstack", "up"]) != 0:
@@ -52,62 +67,92 @@ def main(argv=None) -> int:
     from sql.migrate import apply
 
     apply()
-    import psycopg2
+    import importlib
 
-    from beam_pipelines import kpi
     from io_connectors import topics
-    from io_connectors.settings import KafkaSettings, PostgresSettings, get
-    from transforms.generator import TurnWorkload, produce
+    from io_connectors.settings import KafkaSettings, get
+    from transforms.generator import MixedWorkload, TurnWorkload, produce
 
-    stop()  # one demo job at a time (the sinks are idempotent, so a re-run is harmless anyway)
+    stop()  # one demo suite at a time (the sinks are idempotent, so a re-run is harmless anyway)
     run_id = f"demo-{uuid.uuid4().hex[:6]}"
     now = int(time.time() * 1000)
-    work = TurnWorkload(seed=2026, run_id=run_id, start_ms=now - 2 * 3_600_000, sessions=120).generate(args.turns)
-    produce(work.records, topics.TURNS, KafkaSettings.from_env().bootstrap_servers)
-    print(f"produced {len(work.records)} records to {topics.TURNS}: {len(work.expected)} distinct turns, "
-          f"{sum(r.kind == 'duplicate' for r in work.records)} duplicates, {work.malformed_count} malformed")
-
+    start = (now // 3_600_000 - 1) * 3_600_000 - 20 * 60_000  # sessions cross an hour boundary
     t0 = time.monotonic()
-    kpi.run([f"--job_name={DEMO_JOB}", "--consumer_group=iheardai-demo-kpi"], wait=False)
-    pg = PostgresSettings.from_env().connect_kwargs()
-
-    def landed() -> int:
-        try:
-            with psycopg2.connect(**pg) as c, c.cursor() as cur:
-                cur.execute("SELECT count(*) FROM agent_turns WHERE session_id LIKE %s", (f"{run_id}-%",))
-                return cur.fetchone()[0]
-        except psycopg2.OperationalError:
-            return 0  # Postgres restarting: the sink retries, so do we
-
-    deadline = time.monotonic() + 300
-    count = 0
-    while time.monotonic() < deadline:
-        count = landed()
-        if count >= len(work.expected):
-            break
+    for name in PIPELINES:
+        importlib.import_module(f"beam_pipelines.{name}").run(
+            [f"--job_name={PREFIX}{name}", f"--consumer_group={PREFIX}{name}", "--start_from=latest",
+             "--parallelism=1", "--archive_late_firing_delay_seconds=10"], wait=False)
+        print(f"submitted {name}")
+    while len(_demo_jobs()) < len(PIPELINES) and time.monotonic() - t0 < 180:
         time.sleep(1)
-    conn = psycopg2.connect(**pg)
-    with conn.cursor() as cur:
-        cur.execute("SELECT count(DISTINCT session_id), sum(total_tokens), round(avg(latency_ms)::numeric, 1), "
-                    "min(\"timestamp\"), max(\"timestamp\") FROM agent_turns WHERE session_id LIKE %s",
-                    (f"{run_id}-%",))
-        sessions, tokens, latency, first, last = cur.fetchone()
-        cur.execute("SELECT model, count(*) FROM agent_turns WHERE session_id LIKE %s GROUP BY model ORDER BY 2 DESC",
-                    (f"{run_id}-%",))
-        by_model = cur.fetchall()
-    conn.close()
+    # --start_from=latest committed the groups' end offsets at submission: everything produced now is read.
 
-    dashboard = get("FLINK_REST_URL", "http://localhost:8081")
-    jobs = _running_demo_jobs()
+    bootstrap = KafkaSettings.from_env().bootstrap_servers
+    turns = TurnWorkload(seed=2026, run_id=run_id, start_ms=start, sessions=150).generate(args.events // 3)
+    produce(turns.records, topics.TURNS, bootstrap)
+    mixed = MixedWorkload(seed=2027, run_id=run_id, start_ms=start, shares={
+        t: s for t, s in MixedWorkload().shares.items() if t != topics.TURNS}).generate(args.events * 2 // 3)
+    by_topic = {}
+    for topic, rec in mixed.records:
+        by_topic.setdefault(topic, []).append(rec)
+    for topic, recs in by_topic.items():
+        produce(recs, topic, bootstrap)
+    print(f"produced {len(turns.records) + len(mixed.records)} events to {1 + len(by_topic)} topics "
+          f"({turns.malformed_count} malformed turns, {sum(r.kind == 'duplicate' for r in turns.records)} "
+          f"duplicate turns, {sum(1 for r in turns.records if r.kind != 'malformed')} turns over "
+          f"{len({k[0] for k in turns.expected})} sessions)")
+
+    like = f"{run_id}-%"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        got = _query("SELECT count(*) FROM agent_turns WHERE session_id LIKE %s", (like,))
+        if got and got[0][0] >= len(turns.expected):
+            break
+        time.sleep(2)
+    time.sleep(10)  # early panes of the windowed tables
+
+    def one(sql, *a):
+        rows = _query(sql, a)
+        return rows[0][0] if rows else "?"
+
     print()
-    print(f"KPI pipeline on Flink: {len(work.expected)} turns expected, {count} rows in agent_turns "
-          f"after {time.monotonic() - t0:.0f}s (run {run_id})")
-    print(f"  sessions: {sessions}, tokens: {tokens}, avg latency: {latency} ms, event time {first} .. {last}")
-    print("  by model: " + ", ".join(f"{m}={n}" for m, n in by_model))
-    print(f"  {work.malformed_count} malformed records -> {topics.dlq_topic(topics.TURNS)} (with reasons)")
-    print(f"Flink dashboard: {dashboard}/#/job/running" + (f"  (job {jobs[0]['jid']})" if jobs else ""))
-    print("The job keeps running; stop it with: python -m beam_pipelines.demo --stop")
-    return 0 if count >= len(work.expected) else 1
+    print(f"What landed (run {run_id}, {time.monotonic() - t0:.0f}s after submission):")
+    print(f"  Postgres agent_turns:        {one('SELECT count(*) FROM agent_turns WHERE session_id LIKE %s', like)}"
+          f" rows (expected {len(turns.expected)} distinct turns; scored, PII redacted)")
+    print(f"  Postgres session_kpis:       {one('SELECT count(*) FROM session_kpis WHERE session_id LIKE %s', like)}"
+          " sessions (early panes now, a final pane when each session closes)")
+    print(f"  Postgres frontend_analytics: "
+          f"{one('SELECT count(*) FROM frontend_analytics WHERE session_id LIKE %s', like)} events")
+    print(f"  Postgres billing_usage:      {one('SELECT count(*) FROM billing_usage WHERE updated_at > now() - interval %s', '10 minutes')}"
+          " account-hours updated")
+    print(f"  Postgres marketo_leads:      {one('SELECT count(*) FROM marketo_leads')} leads in the table")
+    try:
+        import redis as redis_lib
+
+        from io_connectors.settings import RedisSettings
+
+        rs = RedisSettings.from_env()
+        r = redis_lib.Redis(host=rs.host, port=rs.port, password=rs.password or None)
+        keys = sum(1 for _ in r.scan_iter(f"session:{run_id}-*:state", count=1000))
+        print(f"  Redis hot session state:     {keys} sessions (session:<id>:state / :metrics)")
+    except Exception as e:  # noqa: BLE001 - the summary is informative only
+        print(f"  Redis: {e}")
+    try:
+        from io_connectors.parquet_archive import s3_client
+        from io_connectors.settings import SpacesSettings
+
+        ss = SpacesSettings.from_env()
+        objs = s3_client(ss).list_objects_v2(Bucket=ss.bucket).get("KeyCount", 0)
+        print(f"  Spaces archive:              {objs} Parquet objects in s3://{ss.bucket}/ "
+              "(hourly files appear as the watermark passes each hour)")
+    except Exception as e:  # noqa: BLE001
+        print(f"  Spaces archive: {e}")
+    print(f"  Dead letters:                {topics.dlq_topic('<topic>')} (malformed events with the reason)")
+    dashboard = get("FLINK_REST_URL", "http://localhost:8081")
+    print(f"Flink dashboard: {dashboard}/#/job/running  ({len(_demo_jobs())} demo jobs running)")
+    print("The jobs keep running; stop them with: .venv/bin/python -m beam_pipelines.demo --stop")
+    got = _query("SELECT count(*) FROM agent_turns WHERE session_id LIKE %s", (like,))
+    return 0 if got and got[0][0] >= len(turns.expected) else 1
 
 
 if __name__ == "__main__":
