@@ -586,7 +586,14 @@ def flink_healthy() -> bool:
 
 # Beam: Python worker pool, Kafka expansion service, Flink job server ------------------------------------
 
-BEAM_JAR = DOWNLOADS / f"beam-services-{versions.BEAM}-flink-{versions.FLINK_MINOR}.jar"
+def _pom_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256((REPO / "devstack/maven/beam-services/pom.xml").read_bytes()).hexdigest()[:10]
+
+
+# The pom's digest is in the name: a changed pom builds a new jar instead of reusing a stale cache.
+BEAM_JAR = DOWNLOADS / f"beam-services-{versions.BEAM}-flink-{versions.FLINK_MINOR}-{_pom_digest()}.jar"
 
 
 def beam_jar_install() -> None:
@@ -596,7 +603,7 @@ def beam_jar_install() -> None:
     pom = REPO / "devstack/maven/beam-services/pom.xml"
     run(["mvn", "-q", "-B", "-f", pom, f"-Dbeam.version={versions.BEAM}",
          f"-Dflink.minor={versions.FLINK_MINOR}", "package", "-DskipTests"], "beam-services")
-    built = REPO / "devstack/maven/beam-services/target" / BEAM_JAR.name
+    built = REPO / "devstack/maven/beam-services/target" / f"beam-services-{versions.BEAM}-flink-{versions.FLINK_MINOR}.jar"
     DOWNLOADS.mkdir(parents=True, exist_ok=True)
     shutil.move(str(built), BEAM_JAR)
     shutil.rmtree(REPO / "devstack/maven/beam-services/target", ignore_errors=True)
