@@ -40,6 +40,23 @@ def stop() -> None:
         print(f"cancelled {j['name']} ({j['jid']})")
 
 
+def _dlq_ends(bootstrap: str) -> dict:
+    """Total end offset of every .dlq topic (the demo prints how many dead letters it caused)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from io_connectors.topics import TOPICS
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "iheardai-demo-dlq-count"})
+    try:
+        out = {}
+        for t in TOPICS:
+            parts = c.list_topics(t.dlq, timeout=10).topics[t.dlq].partitions
+            out[t.dlq] = sum(c.get_watermark_offsets(TopicPartition(t.dlq, p), timeout=10)[1] for p in parts)
+        return out
+    finally:
+        c.close()
+
+
 def _query(sql: str, args=()):
     import psycopg2
 
@@ -88,6 +105,7 @@ def main(argv=None) -> int:
     # --start_from=latest committed the groups' end offsets at submission: everything produced now is read.
 
     bootstrap = KafkaSettings.from_env().bootstrap_servers
+    dlq_before = _dlq_ends(bootstrap)
     turns = TurnWorkload(seed=2026, run_id=run_id, start_ms=start, sessions=150).generate(args.events // 3)
     produce(turns.records, topics.TURNS, bootstrap)
     mixed = MixedWorkload(seed=2027, run_id=run_id, start_ms=start, shares={
@@ -99,8 +117,8 @@ def main(argv=None) -> int:
         produce(recs, topic, bootstrap)
     print(f"produced {len(turns.records) + len(mixed.records)} events to {1 + len(by_topic)} topics "
           f"({turns.malformed_count} malformed turns, {sum(r.kind == 'duplicate' for r in turns.records)} "
-          f"duplicate turns, {sum(1 for r in turns.records if r.kind != 'malformed')} turns over "
-          f"{len({k[0] for k in turns.expected})} sessions)")
+          f"duplicate turns, {len(turns.expected)} distinct turns over {len({k[0] for k in turns.expected})} "
+          "sessions)")
 
     like = f"{run_id}-%"
     deadline = time.monotonic() + 240
@@ -147,7 +165,9 @@ def main(argv=None) -> int:
               "(hourly files appear as the watermark passes each hour)")
     except Exception as e:  # noqa: BLE001
         print(f"  Spaces archive: {e}")
-    print(f"  Dead letters:                {topics.dlq_topic('<topic>')} (malformed events with the reason)")
+    dlq_after = _dlq_ends(bootstrap)
+    dead = {t: dlq_after[t] - dlq_before.get(t, 0) for t in dlq_after if dlq_after[t] > dlq_before.get(t, 0)}
+    print("  Dead letters (with reasons):  " + (", ".join(f"{t} +{n}" for t, n in sorted(dead.items())) or "none"))
     dashboard = get("FLINK_REST_URL", "http://localhost:8081")
     print(f"Flink dashboard: {dashboard}/#/job/running  ({len(_demo_jobs())} demo jobs running)")
     print("The jobs keep running; stop them with: .venv/bin/python -m beam_pipelines.demo --stop")
