@@ -27,6 +27,12 @@ class FlinkCheckpointOptions(PipelineOptions):
                                  "completed checkpoints). Default on Flink: 10000.")
         parser.add_argument("--min_pause_between_checkpoints", type=int, default=None,
                             help="Minimum pause between Flink checkpoints, milliseconds.")
+        parser.add_argument("--savepoint_path", default=None,
+                            help="Restore the job from this savepoint or retained checkpoint (upgrades, rollbacks).")
+        parser.add_argument("--allow_non_restored_state", action="store_true", default=None,
+                            help="Skip savepoint state that maps to no operator (a step was removed).")
+        parser.add_argument("--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None,
+                            help="Keep the last checkpoint when the job is cancelled.")
 
 
 class KafkaSourceOptions(PipelineOptions):

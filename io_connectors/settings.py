@@ -111,12 +111,13 @@ class KafkaSettings(_Settings):
     sasl_mechanism: str
     sasl_username: str
     sasl_password: str
+    ssl_ca_file: str = ""  # PEM CA bundle of the brokers (DigitalOcean Managed Kafka's CA certificate)
 
     @classmethod
     def from_env(cls) -> "KafkaSettings":
         return cls(get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"), get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
                    get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"), get("KAFKA_USER", ""),
-                   _secret_file("KAFKA_PASSWORD") or get("KAFKA_PASSWORD", ""))
+                   _secret_file("KAFKA_PASSWORD") or get("KAFKA_PASSWORD", ""), get("KAFKA_SSL_CA_FILE", ""))
 
     def client_config(self) -> Dict[str, str]:
         """Java-client style config (ReadFromKafka/WriteToKafka); librdkafka accepts the same keys."""
@@ -130,6 +131,8 @@ class KafkaSettings(_Settings):
             user = self.sasl_username.replace('"', '\\"')
             pw = self.sasl_password.replace('"', '\\"')
             conf["sasl.jaas.config"] = f'{module} required username="{user}" password="{pw}";'
+        if self.ssl_ca_file:
+            conf.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": self.ssl_ca_file})
         return conf
 
     def librdkafka_config(self) -> Dict[str, str]:
@@ -139,4 +142,6 @@ class KafkaSettings(_Settings):
         if self.sasl_username:
             conf.update({"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.sasl_username,
                          "sasl.password": self.sasl_password})
+        if self.ssl_ca_file:
+            conf["ssl.ca.location"] = self.ssl_ca_file
         return conf
