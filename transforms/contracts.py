@@ -76,18 +76,25 @@ class EventModel(BaseModel):
         pydantic's generic copy costs ~4x more."""
         cls = type(self)
         copy = cls.__new__(cls)
-        names = _FIELD_NAMES.get(cls)
-        if names is None:
-            names = _FIELD_NAMES[cls] = frozenset(cls.model_fields)
-        known = {k: v for k, v in fields.items() if k in names}
         extra = self.__pydantic_extra__
-        if extra is not None and len(known) < len(fields):
-            extra = {**extra, **{k: v for k, v in fields.items() if k not in names}}
-        object.__setattr__(copy, "__dict__", {**self.__dict__, **known})
+        if fields:
+            names = _FIELD_NAMES.get(cls)
+            if names is None:
+                names = _FIELD_NAMES[cls] = frozenset(cls.model_fields)
+            known = {k: v for k, v in fields.items() if k in names}
+            if extra is not None and len(known) < len(fields):
+                extra = {**extra, **{k: v for k, v in fields.items() if k not in names}}
+            object.__setattr__(copy, "__dict__", {**self.__dict__, **known})
+            object.__setattr__(copy, "__pydantic_fields_set__", self.__pydantic_fields_set__ | fields.keys())
+        else:  # nothing replaced (most events): plain copies of the containers
+            object.__setattr__(copy, "__dict__", self.__dict__.copy())
+            object.__setattr__(copy, "__pydantic_fields_set__", set(self.__pydantic_fields_set__))
         object.__setattr__(copy, "__pydantic_extra__", extra)
-        object.__setattr__(copy, "__pydantic_fields_set__", self.__pydantic_fields_set__ | fields.keys())
+        private = self.__pydantic_private__
+        meta = private.get("_meta") if private else None
         object.__setattr__(copy, "__pydantic_private__",
-                           {"_meta": {**_meta_of(self), **(update or {})}})
+                           {"_meta": {**meta, **update} if meta and update else
+                            dict(meta) if meta else dict(update) if update else {}})
         return copy
 
 

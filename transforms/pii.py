@@ -223,7 +223,9 @@ def _ip_sub(m: "re.Match", counts: Counts, v6: bool) -> str:
 def _redact_phones(text: str, regions: Tuple[str, ...], counts: Counts) -> str:
     if not any(len(_DIGIT.findall(c.group())) >= 7 for c in _PHONE_CANDIDATE.finditer(text)):
         return text
-    for region in regions:
+    for i, region in enumerate(regions):
+        if i and len(_DIGIT.findall(text)) < 7:
+            break  # a match needs 7+ digits in its raw string: none left after earlier regions' tokens
         pieces, last = [], 0
         for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
             raw, start = match.raw_string, match.start
@@ -508,7 +510,17 @@ class Redactor:
             old = values[name]
             if old is None:
                 continue
-            new = self.value(old, action, counts)
+            if type(old) is str:  # fast paths of self.value for the common string actions
+                if action == "scan":
+                    if not old or not _TRIGGER.search(old):
+                        continue  # nothing any detector could find: redact_text returns it as is
+                    new = redact_text(old, self._regions, counts)[0]
+                elif action == "pseudonymize":
+                    new = self._pseudonym(old, action)
+                else:
+                    new = self.value(old, action, counts)
+            else:
+                new = self.value(old, action, counts)
             if new is not old and new != old:
                 updates[name] = new
                 if action[0] == "p" and action.startswith("pseudonymize"):
@@ -519,7 +531,7 @@ class Redactor:
                 new = self.value(old, self.policy.extra_fields, counts)
                 if new is not old and new != old:
                     updates[name] = new
-        meta = {"policy_version": self.policy.version, "redacted": dict(sorted(counts.items()))}
+        meta = {"policy_version": self.policy.version, "redacted": dict(sorted(counts.items())) if counts else {}}
         if pseudonymized:
             meta["pseudonymized"] = sorted(pseudonymized)
         return event.with_metadata({"pii": meta}, **updates), counts
