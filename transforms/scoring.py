@@ -178,9 +178,10 @@ _PAGE_RULES = tuple((cat, re.compile(rx)) for cat, rx in (
 _LOCALE = re.compile(r"^/[a-z]{2}(?:-[a-z]{2})?(?=/|$)")
 
 
+@lru_cache(maxsize=16384)
 def page_category(url: Optional[str]) -> Optional[str]:
     """First matching rule on the URL's lower-cased path with a locale prefix (/en, /de-de) removed;
-    'other' when none matches, None without a URL."""
+    'other' when none matches, None without a URL. Cached: page URLs repeat far more than they vary."""
     if not url:
         return None
     try:
@@ -209,8 +210,20 @@ def parse_user_agent(ua: Optional[str]) -> Tuple[str, Optional[str]]:
     return device, agent.browser.family[:50] if agent.browser.family else None
 
 
+_EMPTY = (None, "", {}, [])
+_MISSING = object()
+
+
 def _completeness(event: EventModel, names: Tuple[str, ...]) -> int:
-    return _pct(sum(1 for n in names if getattr(event, n, None) not in (None, "", {}, [])) / len(names))
+    values = event.__dict__  # declared fields; anything else (extra fields) through getattr
+    present = 0
+    for n in names:
+        v = values.get(n, _MISSING)
+        if v is _MISSING:
+            v = getattr(event, n, None)
+        if v is not None and v not in _EMPTY:
+            present += 1
+    return _pct(present / len(names))
 
 
 _INTERACTION_FIELDS = ("user_id", "page_url", "user_agent", "referrer", "widget_id", "interaction_type",

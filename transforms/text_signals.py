@@ -43,6 +43,7 @@ STOPWORDS: Dict[str, FrozenSet[str]] = {
     "it": frozenset("il lo la gli le di che e è un una per non con sono del della nel ma".split()),
 }
 _LANG_ORDER = ("en", "es", "fr", "de", "pt", "it")
+_ANY_STOPWORD = frozenset().union(*STOPWORDS.values())
 
 
 def words(text: str) -> List[str]:
@@ -68,6 +69,9 @@ def language(tokens: List[str]) -> str:
     """ISO 639-1 code of the language with the most stop-word hits (ties: en, es, fr, de, pt, it order);
     'und' (undetermined) with fewer than 2 hits."""
     best, best_hits = "und", 1
+    tokens = list(filter(_ANY_STOPWORD.__contains__, tokens))  # one pass; the six counts then run on hits only
+    if len(tokens) <= best_hits:
+        return best
     for lang in _LANG_ORDER:
         hits = sum(map(STOPWORDS[lang].__contains__, tokens))
         if hits > best_hits:
