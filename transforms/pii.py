@@ -515,6 +515,8 @@ class Redactor:
                     if not old or not _TRIGGER.search(old):
                         continue  # nothing any detector could find: redact_text returns it as is
                     new = redact_text(old, self._regions, counts)[0]
+                elif action == "url":
+                    new = self._url(old, counts)
                 elif action == "pseudonymize":
                     new = self._pseudonym(old, action)
                 else:

@@ -52,10 +52,11 @@ def parse_event(raw: bytes, model: Type[EventModel], *, now_ms: Optional[int] = 
         raise EventError(ErrorKind.NOT_JSON, "empty record (null value)")
     if len(raw) > max_payload_bytes:
         raise EventError(ErrorKind.TOO_LARGE, f"payload is {len(raw)} bytes, limit {max_payload_bytes}")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise EventError(ErrorKind.NOT_UTF8, f"payload is not UTF-8: {e}") from None
+    if type(raw) is not bytes or not raw.isascii():  # ASCII bytes are UTF-8: skip the decode
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise EventError(ErrorKind.NOT_UTF8, f"payload is not UTF-8: {e}") from None
     try:
         event = model.model_validate_json(raw)
     except ValidationError as e:
