@@ -24,6 +24,11 @@ from io_connectors import topics
 
 
 _FIELD_NAMES: Dict[type, frozenset] = {}  # per-class field names, for the hot path of with_metadata
+# BaseModel's slots, set directly by with_metadata (what object.__setattr__ does, minus the name lookup)
+_set_dict = object.__setattr__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 def _meta_of(event: BaseModel) -> Dict[str, Any]:
@@ -77,23 +82,26 @@ class EventModel(BaseModel):
         cls = type(self)
         copy = cls.__new__(cls)
         extra = self.__pydantic_extra__
+        values = self.__dict__.copy()
         if fields:
             names = _FIELD_NAMES.get(cls)
             if names is None:
                 names = _FIELD_NAMES[cls] = frozenset(cls.model_fields)
-            known = {k: v for k, v in fields.items() if k in names}
-            if extra is not None and len(known) < len(fields):
-                extra = {**extra, **{k: v for k, v in fields.items() if k not in names}}
-            object.__setattr__(copy, "__dict__", {**self.__dict__, **known})
-            object.__setattr__(copy, "__pydantic_fields_set__", self.__pydantic_fields_set__ | fields.keys())
-        else:  # nothing replaced (most events): plain copies of the containers
-            object.__setattr__(copy, "__dict__", self.__dict__.copy())
-            object.__setattr__(copy, "__pydantic_fields_set__", set(self.__pydantic_fields_set__))
-        object.__setattr__(copy, "__pydantic_extra__", extra)
+            if names.issuperset(fields):
+                values.update(fields)
+            else:
+                values.update({k: v for k, v in fields.items() if k in names})
+                if extra is not None:
+                    extra = {**extra, **{k: v for k, v in fields.items() if k not in names}}
+            fields_set = self.__pydantic_fields_set__ | fields.keys()
+        else:
+            fields_set = set(self.__pydantic_fields_set__)
         private = self.__pydantic_private__
         meta = private.get("_meta") if private else None
-        object.__setattr__(copy, "__pydantic_private__",
-                           {"_meta": {**meta, **update} if meta and update else
+        _set_dict(copy, "__dict__", values)
+        _set_fields_set(copy, fields_set)
+        _set_extra(copy, extra)
+        _set_private(copy, {"_meta": {**meta, **update} if meta and update else
                             dict(meta) if meta else dict(update) if update else {}})
         return copy
 
