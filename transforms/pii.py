@@ -260,18 +260,20 @@ def redact_text(text: str, regions: Tuple[str, ...] = ("US",), counts: Optional[
         return text, counts
     if "@" in text:
         text = _EMAIL_RE.sub(lambda m: _count(counts, EMAIL), text)
+    run = False  # a 7+ digit run: replacing findings by tokens never creates one, so it is looked for once
     if _DIGIT.search(text):
         text = _redact_ibans(text, counts)
         if _DIGIT_RUN.search(text):
+            run = True
             text = _redact_cards(text, counts)
             text = _SSN_RE.sub(lambda m: _ssn_sub(m, counts), text)
             if _SSN_WORD.search(text):
                 text = _redact_bare_ssns(text, counts)
-        if "." in text:
+        if text.count(".") >= 3:  # an IPv4 address has three
             text = _IPV4_RE.sub(lambda m: _ip_sub(m, counts, False), text)
     if ":" in text:
         text = _IPV6_RE.sub(lambda m: _ip_sub(m, counts, True), text)
-    if _DIGIT_RUN.search(text):
+    if run and _DIGIT_RUN.search(text):
         text = _redact_phones(text, regions, counts)
     return text, counts
 
