@@ -54,27 +54,9 @@ def poll(check: Callable[[], object], timeout_s: float, what: str, interval_s: f
 
 def produce_with_offsets(records, topic: str, bootstrap: str) -> List[Tuple[int, int]]:
     """Produce ProducedRecords (event time as Kafka timestamp); return (partition, offset) per record, in order."""
-    from confluent_kafka import Producer
+    from transforms.generator import produce
 
-    out: List[Optional[Tuple[int, int]]] = [None] * len(records)
-    errors: List[str] = []
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 10})
-    for i, r in enumerate(records):
-        def cb(err, msg, i=i):
-            if err is not None:
-                errors.append(str(err))
-            else:
-                out[i] = (msg.partition(), msg.offset())
-        while True:
-            try:
-                p.produce(topic, key=r.key, value=r.value, timestamp=r.timestamp_ms, on_delivery=cb)
-                break
-            except BufferError:
-                p.poll(0.1)
-        p.poll(0)
-    p.flush(60)
-    assert not errors, errors[:3]
-    return out  # type: ignore[return-value]
+    return produce(records, topic, bootstrap)
 
 
 def end_offsets(topic: str, bootstrap: str) -> Dict[int, int]:
