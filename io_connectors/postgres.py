@@ -94,10 +94,16 @@ def _table_ident(table: str):
     return sql.Identifier(*table.split("."))
 
 
-def _conflict_update(key_columns: Sequence[str], columns: Sequence[str], version_column: Optional[str]):
-    """`ON CONFLICT (keys) DO UPDATE SET ... WHERE <version guard>` (or DO NOTHING when only keys)."""
+def _conflict_update(key_columns: Sequence[str], columns: Sequence[str], version_column: Optional[str],
+                     merge_sql: Optional[str] = None):
+    """`ON CONFLICT (keys) DO UPDATE SET ... WHERE <version guard>` (or DO NOTHING when only keys).
+
+    `merge_sql`: the table's own ON CONFLICT clause (a constant of our code, never built from data), for
+    rows that are merged into the stored row rather than replacing it (session generations)."""
     from psycopg2 import sql
 
+    if merge_sql:
+        return sql.SQL(merge_sql)
     keys = sql.SQL(", ").join(map(sql.Identifier, key_columns))
     updates = [c for c in columns if c not in key_columns]
     if not updates:
@@ -110,24 +116,25 @@ def _conflict_update(key_columns: Sequence[str], columns: Sequence[str], version
     return stmt
 
 
-def build_upsert(table: str, key_columns: Sequence[str], columns: Sequence[str], version_column: Optional[str]):
+def build_upsert(table: str, key_columns: Sequence[str], columns: Sequence[str], version_column: Optional[str],
+                 merge_sql: Optional[str] = None):
     """The upsert statement for psycopg2.extras.execute_values (`VALUES %s`)."""
     from psycopg2 import sql
 
     return (sql.SQL("INSERT INTO {t} AS stored ({cols}) VALUES %s").format(
         t=_table_ident(table), cols=sql.SQL(", ").join(map(sql.Identifier, columns)))
-        + _conflict_update(key_columns, columns, version_column))
+        + _conflict_update(key_columns, columns, version_column, merge_sql))
 
 
 def build_merge(table: str, stage: str, key_columns: Sequence[str], columns: Sequence[str],
-                version_column: Optional[str]):
+                version_column: Optional[str], merge_sql: Optional[str] = None):
     """Stage -> table merge for the COPY method; empties the stage in the same implicit transaction."""
     from psycopg2 import sql
 
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     return (sql.SQL("INSERT INTO {t} AS stored ({cols}) SELECT {cols} FROM {s}").format(
         t=_table_ident(table), cols=cols, s=sql.Identifier(stage))
-        + _conflict_update(key_columns, columns, version_column)
+        + _conflict_update(key_columns, columns, version_column, merge_sql)
         + sql.SQL("; TRUNCATE {s}").format(s=sql.Identifier(stage)))
 
 
@@ -163,7 +170,7 @@ class PostgresUpserter:
     def __init__(self, table: str, key_columns: Sequence[str], columns: Sequence[str],
                  version_column: Optional[str] = None, json_columns: Sequence[str] = (), max_attempts: int = 6,
                  settings: Optional[PostgresSettings] = None, method: str = "copy",
-                 retry_base_s: float = 0.25):
+                 retry_base_s: float = 0.25, merge_sql: Optional[str] = None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}")
         self.table, self.keys, self.columns = table, tuple(key_columns), tuple(columns)
@@ -171,11 +178,12 @@ class PostgresUpserter:
         self.max_attempts, self.method, self.retry_base_s = max_attempts, method, retry_base_s
         self.settings = settings or PostgresSettings.from_env()
         self._colspec = [(c, c in self.json) for c in self.columns]
+        self.merges = bool(merge_sql)  # rows merge into the stored row: every row of a key must be applied
         self.conn = None
         self.retries = 0  # transient retries so far (also a Beam counter in the DoFn)
         self._stage = f"_stage_{zlib.crc32(repr((table, self.columns)).encode()):08x}"
-        self._stmt = (build_upsert(table, self.keys, self.columns, version_column) if method == "values"
-                      else build_merge(table, self._stage, self.keys, self.columns, version_column))
+        self._stmt = (build_upsert(table, self.keys, self.columns, version_column, merge_sql) if method == "values"
+                      else build_merge(table, self._stage, self.keys, self.columns, version_column, merge_sql))
 
     # connection -------------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -245,9 +253,30 @@ class PostgresUpserter:
         with_retries(lambda: self._execute(rows), is_transient, max_attempts=self.max_attempts,
                      what=f"postgres {self.table}", base_s=self.retry_base_s, on_retry=self._reconnect_quietly)
 
+    def rounds(self, rows: Sequence[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
+        """For merging tables: batches with one row per key each, in arrival order (the n-th row of a key goes
+        to the n-th batch), so that every row is merged, in order."""
+        out: List[List[Dict[str, Any]]] = []
+        count: Dict[Tuple, int] = defaultdict(int)
+        for r in rows:
+            k = tuple(r.get(c) for c in self.keys)
+            n = count[k]
+            count[k] = n + 1
+            if n == len(out):
+                out.append([])
+            out[n].append(r)
+        return out
+
     def write(self, rows: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], str]]:
         """Upsert a batch; return the refused rows with their reasons."""
-        rows = self.dedupe(rows)
+        if self.merges:
+            batches = self.rounds(rows)
+            if len(batches) > 1:
+                return [refused for batch in batches for refused in self._write_unique(batch)]
+            return self._write_unique(batches[0] if batches else [])
+        return self._write_unique(self.dedupe(rows))
+
+    def _write_unique(self, rows: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], str]]:
         if not rows:
             return []
         try:
@@ -260,7 +289,7 @@ class PostgresUpserter:
                 code = getattr(e, "pgcode", None)
                 return [(rows[0], f"{type(e).__name__}{f' [{code}]' if code else ''}: {str(e).strip()}")]
         mid = len(rows) // 2  # bisect: log2(n) extra round trips per bad row, good rows still written
-        return self.write(rows[:mid]) + self.write(rows[mid:])
+        return self._write_unique(rows[:mid]) + self._write_unique(rows[mid:])
 
 
 class _UpsertFn(beam.DoFn):
@@ -334,7 +363,8 @@ class WriteToPostgres(beam.PTransform):
     def __init__(self, table: str, key_columns: Sequence[str], columns: Sequence[str],
                  version_column: Optional[str] = None, json_columns: Sequence[str] = (), batch_size: int = 500,
                  max_attempts: int = 6, settings: Optional[PostgresSettings] = None,
-                 source_topic: Optional[str] = None, method: str = "copy", label: Optional[str] = None):
+                 source_topic: Optional[str] = None, method: str = "copy", merge_sql: Optional[str] = None,
+                 label: Optional[str] = None):
         super().__init__(label)
         if not key_columns:
             raise ValueError("WriteToPostgres needs at least one key column")
@@ -351,7 +381,8 @@ class WriteToPostgres(beam.PTransform):
             raise ValueError(f"method must be one of {METHODS}")
         self._fn = _UpsertFn(dict(table=table, key_columns=tuple(key_columns), columns=tuple(columns),
                                   version_column=version_column, json_columns=tuple(json_columns),
-                                  max_attempts=max_attempts, settings=settings, method=method),
+                                  max_attempts=max_attempts, settings=settings, method=method,
+                                  merge_sql=merge_sql),
                              batch_size, source_topic)
 
     def expand(self, rows):

@@ -1,32 +1,30 @@
 """Per-session engagement over frontend events: distinct events, duration and the furthest funnel stage.
 
-`SessionEngagement` windows `EngagementEvent`s into session windows per session_id (accumulating panes,
-early processing-time firings, one late pane per late element within the allowed lateness) and emits one
-`frontend_session_engagement` row (ENGAGEMENT_COLUMNS, sql/006) per pane. Duplicates (replays, producer
-retries) are counted once: the accumulator is keyed by event_id. `engagement_version` only grows as data is
-added, so the upsert keeps the newest pane even when an older one is replayed after it.
+`SessionEngagement` keeps one engagement total per session_id in keyed state with timers
+(transforms.keyed_totals) and emits `frontend_session_engagement` rows (ENGAGEMENT_COLUMNS, sql/006, sql/007):
+early rows every `early_firing_s`, a final row once the session has been inactive for gap + allowed
+lateness, corrections by late events within the lateness, dead letters for later ones. Duplicates
+(replays, producer retries) are counted once (by event_id). ENGAGEMENT_MERGE adds the generations of a
+session that paused longer than gap + lateness, so the row is the whole session_id.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
-from typing import Dict, Iterable, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.transforms import trigger, window
-from apache_beam.utils.timestamp import Duration
-from apache_beam.utils.windowed_value import PaneInfoTiming
 
+from transforms.keyed_totals import Aggregate, KeyedTotals
 from transforms.rows import frontend_event_id
 from transforms.scoring import FUNNEL, Scored
-from transforms.windows import accumulating_trigger
+from transforms.windows import source_of
 
 ENGAGEMENT_COLUMNS = ("session_id", "user_id", "events", "duration_ms", "furthest_stage", "started_at", "ended_at",
                       "is_final", "pane_version", "updated_at")
 ENGAGEMENT_KEYS = ("session_id",)
 _STAGE_RANK = {stage: i for i, stage in enumerate(FUNNEL)}
-_MAX_COUNTED = 9_999  # events folded into the version; more still count in `events`
 
 
 class EngagementEvent(NamedTuple):
@@ -37,26 +35,17 @@ class EngagementEvent(NamedTuple):
     user_id: Optional[str]
     ts_ms: int
     stage: Optional[str]  # a FUNNEL stage, or None (widget performance)
+    source: Optional[Tuple[Optional[str], Optional[int], Optional[int]]] = None  # Kafka position
 
 
 def engagement_event(scored: Scored) -> EngagementEvent:
     e = scored.event
     return EngagementEvent(frontend_event_id(e), e.session_id, e.user_id, e.timestamp,
-                           scored.scores.get("conversion_stage"))
+                           scored.scores.get("conversion_stage"), source_of(e))
 
 
 def _rank(stage: Optional[str]) -> int:
     return _STAGE_RANK.get(stage, -1) if stage else -1
-
-
-def _preferred(a: EngagementEvent, b: EngagementEvent) -> EngagementEvent:
-    """The copy of an event_id to keep: the same one whatever the arrival or merge order."""
-    return max(a, b, key=lambda e: (e.ts_ms, _rank(e.stage), e.user_id or ""))
-
-
-def engagement_version(last_ms: int, events: int) -> int:
-    """Grows with later activity and with more distinct events at the same last activity."""
-    return last_ms * 10_000 + min(events, _MAX_COUNTED)
 
 
 def summarize(events: Iterable[EngagementEvent]) -> Dict[str, object]:
@@ -75,70 +64,109 @@ def summarize(events: Iterable[EngagementEvent]) -> Dict[str, object]:
             "first_ms": first, "last_ms": last}
 
 
-class _EngagementCombineFn(beam.CombineFn):
-    """{event_id: EngagementEvent}: exact and duplicate-free whatever the merge order."""
+class Engagement:
+    """Totals of a session's distinct events (lives in keyed state: small, no events kept)."""
 
-    def create_accumulator(self) -> Dict[str, EngagementEvent]:
-        return {}
+    __slots__ = ("events", "first_ms", "last_ms", "best_rank", "user_id", "user_ms")
 
-    def add_input(self, acc: Dict[str, EngagementEvent], e: EngagementEvent):
-        seen = acc.get(e.event_id)
-        acc[e.event_id] = e if seen is None else _preferred(seen, e)
-        return acc
+    def __init__(self):
+        self.events = 0
+        self.first_ms = self.last_ms = None
+        self.best_rank = -1
+        self.user_id: Optional[str] = None
+        self.user_ms: Optional[int] = None
 
-    def merge_accumulators(self, accs):
-        out: Dict[str, EngagementEvent] = {}
-        for acc in accs:
-            for e in acc.values():
-                self.add_input(out, e)
-        return out
+    def __getstate__(self):
+        return tuple(getattr(self, s) for s in self.__slots__)
 
-    def extract_output(self, acc) -> Dict[str, object]:
-        return summarize(acc.values())
+    def __setstate__(self, values):
+        for s, v in zip(self.__slots__, values):
+            setattr(self, s, v)
+
+    def add(self, e: EngagementEvent) -> None:
+        self.events += 1
+        self.first_ms = e.ts_ms if self.first_ms is None else min(self.first_ms, e.ts_ms)
+        self.last_ms = e.ts_ms if self.last_ms is None else max(self.last_ms, e.ts_ms)
+        self.best_rank = max(self.best_rank, _rank(e.stage))
+        if e.user_id and (self.user_ms is None or e.ts_ms < self.user_ms):
+            self.user_id, self.user_ms = e.user_id, e.ts_ms
+
+
+class SessionEngagementAggregate(Aggregate):
+    def __init__(self, gap_s: int, allowed_lateness_s: int):
+        self._close_after_ms = (gap_s + allowed_lateness_s) * 1000
+
+    def key(self, e: EngagementEvent) -> str:
+        return e.session_id
+
+    def item_id(self, e: EngagementEvent) -> str:
+        return e.event_id
+
+    def ts_ms(self, e: EngagementEvent) -> int:
+        return e.ts_ms
+
+    def empty(self) -> Engagement:
+        return Engagement()
+
+    def add(self, totals: Engagement, e: EngagementEvent) -> None:
+        totals.add(e)
+
+    def last_ms(self, totals: Engagement) -> int:
+        return totals.last_ms
+
+    def final_at_ms(self, key: str, totals: Engagement) -> int:
+        return totals.last_ms + self._close_after_ms
+
+    def row(self, session_id: str, g: Engagement, final: bool, version: int) -> Dict[str, Any]:
+        return {
+            "session_id": session_id, "user_id": g.user_id, "events": g.events,
+            "duration_ms": g.last_ms - g.first_ms,
+            "furthest_stage": FUNNEL[g.best_rank] if g.best_rank >= 0 else None,
+            "started_at": _utc(g.first_ms), "ended_at": _utc(g.last_ms), "is_final": final,
+            "pane_version": version, "updated_at": datetime.now(tz=timezone.utc),
+        }
+
+
+_NEW = "EXCLUDED.started_at > stored.ended_at"
+_STAGES = "ARRAY[" + ", ".join(f"'{s}'" for s in FUNNEL) + "]::text[]"
+_BASE_STAGE = f"CASE WHEN {_NEW} THEN stored.furthest_stage ELSE stored.base_furthest_stage END"
+_BASE_START = f"CASE WHEN {_NEW} THEN stored.started_at ELSE stored.base_started_at END"
+# Rows are one generation of a session each (see transforms.keyed_totals): a generation that starts after
+# the stored row's last event is added to it; a newer row of the same generation replaces its part.
+ENGAGEMENT_MERGE = (
+    " ON CONFLICT (session_id) DO UPDATE SET "
+    "user_id = COALESCE(stored.user_id, EXCLUDED.user_id), "
+    f"base_events = CASE WHEN {_NEW} THEN stored.events ELSE stored.base_events END, "
+    f"events = CASE WHEN {_NEW} THEN stored.events ELSE stored.base_events END + EXCLUDED.events, "
+    f"base_furthest_stage = {_BASE_STAGE}, "
+    f"furthest_stage = CASE WHEN coalesce(array_position({_STAGES}, ({_BASE_STAGE})::text), 0) "
+    f"> coalesce(array_position({_STAGES}, EXCLUDED.furthest_stage::text), 0) "
+    f"THEN {_BASE_STAGE} ELSE EXCLUDED.furthest_stage END, "
+    f"base_started_at = {_BASE_START}, "
+    f"started_at = LEAST({_BASE_START}, EXCLUDED.started_at), "
+    "ended_at = EXCLUDED.ended_at, "
+    f"duration_ms = (extract(epoch FROM EXCLUDED.ended_at - LEAST({_BASE_START}, EXCLUDED.started_at)) "
+    "* 1000)::bigint, "
+    f"generations = stored.generations + CASE WHEN {_NEW} THEN 1 ELSE 0 END, "
+    "is_final = EXCLUDED.is_final, pane_version = EXCLUDED.pane_version, updated_at = EXCLUDED.updated_at "
+    f"WHERE {_NEW} OR stored.pane_version <= EXCLUDED.pane_version")
 
 
 def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
-class _EngagementRowFn(beam.DoFn):
-    def __init__(self):
-        self._panes = Metrics.counter(self.__class__, "engagement_panes")
-        self._final = Metrics.counter(self.__class__, "engagement_final_panes")
-        self._events = Metrics.distribution(self.__class__, "engagement_events_per_session")
-
-    def process(self, kv, pane=beam.DoFn.PaneInfoParam):
-        session_id, s = kv
-        final = pane is not None and pane.timing in (PaneInfoTiming.ON_TIME, PaneInfoTiming.LATE)
-        self._panes.inc()
-        if final:
-            self._final.inc()
-            self._events.update(s["events"])
-        yield {
-            "session_id": session_id, "user_id": s["user_id"], "events": s["events"],
-            "duration_ms": s["duration_ms"], "furthest_stage": s["furthest_stage"],
-            "started_at": _utc(s["first_ms"]), "ended_at": _utc(s["last_ms"]), "is_final": final,
-            "pane_version": engagement_version(s["last_ms"], s["events"]),
-            "updated_at": datetime.now(tz=timezone.utc),
-        }
-
-
 class SessionEngagement(beam.PTransform):
-    """PCollection[EngagementEvent] (timestamped) -> engagement rows (dicts, ENGAGEMENT_COLUMNS) per pane."""
+    """PCollection[EngagementEvent] -> {"rows": engagement rows (ENGAGEMENT_COLUMNS), dead_letter: late}."""
 
     def __init__(self, gap_s: int = 1800, allowed_lateness_s: int = 3600, early_firing_s: float = 5.0,
-                 label: Optional[str] = None):
+                 clock: Callable[[], float] = time.time, label: Optional[str] = None):
         super().__init__(label)
         if gap_s <= 0 or allowed_lateness_s < 0 or early_firing_s <= 0:
             raise ValueError("gap_s and early_firing_s must be positive, allowed_lateness_s >= 0")
-        self._gap, self._late, self._early = gap_s, allowed_lateness_s, early_firing_s
+        self._gap, self._late, self._early, self._clock = gap_s, allowed_lateness_s, early_firing_s, clock
 
     def expand(self, events):
-        return (events
-                | "KeyBySessionId" >> beam.Map(lambda e: (e.session_id, e))
-                | "EngagementSessionWindows" >> beam.WindowInto(
-                    window.Sessions(self._gap), trigger=accumulating_trigger(self._early),
-                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                    allowed_lateness=Duration(seconds=self._late))
-                | "CombineEngagement" >> beam.CombinePerKey(_EngagementCombineFn())
-                | "ToEngagementRow" >> beam.ParDo(_EngagementRowFn()))
+        return events | "EngagementTotals" >> KeyedTotals(
+            SessionEngagementAggregate(self._gap, self._late), self._late, self._early, step="SessionEngagement",
+            clock=self._clock)

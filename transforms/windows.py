@@ -1,23 +1,27 @@
-"""Event-time windowing: session KPIs per session_id and billing usage per account per hour.
+"""Session KPIs per session_id and billing usage per account per event-time hour.
 
-Both use accumulating panes with early (processing-time) firings, an on-time pane at the watermark and
-one late pane per late element within the allowed lateness, so downstream upserts see fresh values within
-seconds and exact values after late data. Duplicates (replays, producer retries) are counted once: the
-accumulators keep the ids they have seen. Every output carries a `version` that only grows as data is
-added, so an idempotent sink keeps the newest pane even when an older one is replayed after it.
+Both are totals in keyed state with timers (transforms.keyed_totals), not Beam windows: a session's row
+counts the whole session_id however long it pauses, and the state of a key holds only its totals plus the
+ids of the last allowed-lateness of its items. Rows come early (every `early_firing_s` while items arrive),
+final (sessions: inactive for gap + lateness; hours: the watermark passed the hour), and corrected by late
+items within the allowed lateness; later items are dead letters (`late_data`). Duplicates (replays, producer
+retries) are counted once. Every row carries a version that only grows with data, so an idempotent sink
+keeps the newest row even when an older one is replayed after it.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.transforms import trigger, window
-from apache_beam.utils.timestamp import Duration
+
+from transforms.keyed_totals import Aggregate, KeyedTotals
 
 HOUR_S = 3600
+
+Source = Tuple[Optional[str], Optional[int], Optional[int]]  # (topic, partition, offset) of the Kafka record
 
 
 class Activity(NamedTuple):
@@ -34,48 +38,59 @@ class Activity(NamedTuple):
     tokens_out: int = 0
     latency_ms: float = 0.0
     cost_usd: float = 0.0
+    source: Optional[Source] = None  # where it came from, for its dead letter if it arrives too late
+
+
+def source_of(event) -> Optional[Source]:
+    """The Kafka position an event was read from, when validation recorded it."""
+    src = getattr(event, "source", None)
+    return src() if callable(src) else None
 
 
 def turn_activity(turn, cost_usd: float = 0.0) -> Activity:
     # turn ids are per session ("t0003" exists in many sessions): the session makes them unique per account
-    return Activity("turn", f"{turn.session_id}/{turn.turn_id}", turn.session_id, turn.account_id or "unassigned", turn.user_id,
-                    turn.channel, turn.timestamp, turn.tokens_in, turn.tokens_out, turn.latency_ms, cost_usd)
+    return Activity("turn", f"{turn.session_id}/{turn.turn_id}", turn.session_id, turn.account_id or "unassigned",
+                    turn.user_id, turn.channel, turn.timestamp, turn.tokens_in, turn.tokens_out, turn.latency_ms,
+                    cost_usd, source_of(turn))
+
+
+def scored_turn_activity(scored) -> Activity:
+    """A Scored turn -> its Activity, with the estimated cost from scoring."""
+    return turn_activity(scored.event, scored.scores.get("estimated_cost_usd") or 0)
 
 
 def tool_activity(tool) -> Activity:
     return Activity("tool", tool.invocation_id, tool.session_id, tool.account_id or "unassigned", tool.user_id,
-                    None, tool.timestamp, latency_ms=tool.latency_ms)
+                    None, tool.timestamp, latency_ms=tool.latency_ms, source=source_of(tool))
 
 
 def _utc(ms: Optional[int]) -> Optional[datetime]:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
-def accumulating_trigger(early_firing_s: float):
-    # The portable runner API takes whole seconds here (a float fails to translate).
-    return trigger.AfterWatermark(early=trigger.AfterProcessingTime(max(1, int(round(early_firing_s)))),
-                                  late=trigger.AfterCount(1))
+# --- usage totals shared by sessions and account-hours ----------------------------------------------------
 
+class Usage:
+    """Totals of distinct activity (mutable; lives in keyed state, so kept small: no items, no ids)."""
 
-# --- usage accumulator shared by both windows -----------------------------------------------------------
-
-class _Usage:
-    __slots__ = ("seen", "turns", "tools", "tokens_in", "tokens_out", "latency_sum", "cost", "first_ms",
-                 "last_ms", "user_id", "channel", "account_id")
+    __slots__ = ("turns", "tools", "tokens_in", "tokens_out", "latency_sum", "cost", "first_ms", "last_ms",
+                 "user_id", "channel", "account_id")
 
     def __init__(self):
-        self.seen: Set[Tuple[str, str]] = set()
         self.turns = self.tools = self.tokens_in = self.tokens_out = 0
         self.latency_sum = self.cost = 0.0
         self.first_ms: Optional[int] = None
         self.last_ms: Optional[int] = None
         self.user_id = self.channel = self.account_id = None
 
-    def add(self, a: Activity) -> "_Usage":
-        key = (a.kind, a.item_id)
-        if key in self.seen:
-            return self
-        self.seen.add(key)
+    def __getstate__(self):
+        return tuple(getattr(self, s) for s in self.__slots__)
+
+    def __setstate__(self, values):
+        for s, v in zip(self.__slots__, values):
+            setattr(self, s, v)
+
+    def add(self, a: Activity) -> "Usage":
         if a.kind == "turn":
             self.turns += 1
             self.tokens_in += a.tokens_in
@@ -92,81 +107,95 @@ class _Usage:
         return self
 
 
-class _UsageCombineFn(beam.CombineFn):
-    """Exact, duplicate-free usage over a window. Merge re-adds nothing twice (ids are kept)."""
+class _UsageAggregate(Aggregate):
+    def item_id(self, a: Activity) -> str:
+        return f"{a.kind}/{a.item_id}"
 
-    def create_accumulator(self):
-        return {}
+    def ts_ms(self, a: Activity) -> int:
+        return a.ts_ms
 
-    def add_input(self, acc: Dict[Tuple[str, str], Activity], a: Activity):
-        acc.setdefault((a.kind, a.item_id), a)
-        return acc
+    def empty(self) -> Usage:
+        return Usage()
 
-    def merge_accumulators(self, accs):
-        out: Dict[Tuple[str, str], Activity] = {}
-        for acc in accs:
-            for k, v in acc.items():
-                out.setdefault(k, v)
-        return out
+    def add(self, totals: Usage, a: Activity) -> None:
+        totals.add(a)
 
-    def extract_output(self, acc) -> _Usage:
-        u = _Usage()
-        for a in sorted(acc.values(), key=lambda a: (a.ts_ms, a.kind, a.item_id)):
-            u.add(a)
-        return u
+    def last_ms(self, totals: Usage) -> int:
+        return totals.last_ms
 
 
 # --- session KPIs -----------------------------------------------------------------------------------------
 
 SESSION_KPI_COLUMNS = ("session_id", "user_id", "account_id", "channel", "turns", "tokens_in", "tokens_out",
-                       "avg_latency_ms", "tool_calls", "started_at", "ended_at", "is_final", "pane_version")
+                       "latency_sum_ms", "avg_latency_ms", "tool_calls", "started_at", "ended_at", "is_final",
+                       "pane_version")
+
+_NEW_GENERATION = "EXCLUDED.started_at > stored.ended_at"
+# Rows are the totals of one generation of a session (keyed_totals): a generation that starts after the
+# stored row's last activity is added to it; a newer row of the same generation replaces that generation's
+# part (base_* hold the generations before it); an older row (a replay) changes nothing.
+SESSION_KPI_MERGE = (
+    " ON CONFLICT (session_id) DO UPDATE SET "
+    "user_id = COALESCE(stored.user_id, EXCLUDED.user_id), "
+    "account_id = COALESCE(stored.account_id, EXCLUDED.account_id), "
+    "channel = COALESCE(stored.channel, EXCLUDED.channel), "
+    + ", ".join(f"base_{c} = CASE WHEN {_NEW_GENERATION} THEN stored.{c} ELSE stored.base_{c} END, "
+                f"{c} = CASE WHEN {_NEW_GENERATION} THEN stored.{c} ELSE stored.base_{c} END + EXCLUDED.{c}"
+                for c in ("turns", "tool_calls", "tokens_in", "tokens_out", "latency_sum_ms"))
+    + f", avg_latency_ms = round(((CASE WHEN {_NEW_GENERATION} THEN stored.latency_sum_ms "
+      "ELSE stored.base_latency_sum_ms END + EXCLUDED.latency_sum_ms) "
+      f"/ NULLIF(CASE WHEN {_NEW_GENERATION} THEN stored.turns ELSE stored.base_turns END + EXCLUDED.turns, 0)"
+      ")::numeric, 3), "
+    f"base_started_at = CASE WHEN {_NEW_GENERATION} THEN stored.started_at ELSE stored.base_started_at END, "
+    f"started_at = LEAST(CASE WHEN {_NEW_GENERATION} THEN stored.started_at ELSE stored.base_started_at END, "
+    "EXCLUDED.started_at), "
+    "ended_at = EXCLUDED.ended_at, "
+    f"generations = stored.generations + CASE WHEN {_NEW_GENERATION} THEN 1 ELSE 0 END, "
+    "is_final = EXCLUDED.is_final, pane_version = EXCLUDED.pane_version, updated_at = now() "
+    f"WHERE {_NEW_GENERATION} OR stored.pane_version <= EXCLUDED.pane_version")
 
 
-def session_version(last_ms: int, turns: int, tools: int) -> int:
-    """Grows with later activity and with more items at the same last activity (bounded to 10^4 items)."""
-    return last_ms * 10_000 + min(turns + tools, 9_999)
+class SessionUsage(_UsageAggregate):
+    """Usage per session_id; final once inactive for gap + allowed lateness (then the state is released)."""
 
+    def __init__(self, gap_s: int, allowed_lateness_s: int):
+        self._close_after_ms = (gap_s + allowed_lateness_s) * 1000
 
-class _SessionRowFn(beam.DoFn):
-    def __init__(self):
-        self._panes = Metrics.counter(self.__class__, "session_panes")
-        self._final = Metrics.counter(self.__class__, "session_final_panes")
+    def key(self, a: Activity) -> str:
+        return a.session_id
 
-    def process(self, kv, pane=beam.DoFn.PaneInfoParam):
-        session_id, u = kv
-        final = pane is not None and pane.timing in (beam.utils.windowed_value.PaneInfoTiming.ON_TIME,
-                                                     beam.utils.windowed_value.PaneInfoTiming.LATE)
-        self._panes.inc()
-        if final:
-            self._final.inc()
-        yield {
+    def final_at_ms(self, key: str, u: Usage) -> int:
+        return u.last_ms + self._close_after_ms
+
+    def row(self, session_id: str, u: Usage, final: bool, version: int) -> Dict[str, Any]:
+        return {
             "session_id": session_id, "user_id": u.user_id, "account_id": u.account_id, "channel": u.channel,
             "turns": u.turns, "tokens_in": u.tokens_in, "tokens_out": u.tokens_out,
+            "latency_sum_ms": round(u.latency_sum, 3),
             "avg_latency_ms": round(u.latency_sum / u.turns, 3) if u.turns else None, "tool_calls": u.tools,
             "started_at": _utc(u.first_ms), "ended_at": _utc(u.last_ms), "is_final": final,
-            "pane_version": session_version(u.last_ms, u.turns, u.tools),
+            "pane_version": version,
         }
 
 
 class SessionizeActivity(beam.PTransform):
-    """PCollection[Activity] (timestamped) -> session KPI rows (dicts with SESSION_KPI_COLUMNS) per pane."""
+    """PCollection[Activity] -> {"rows": session KPI rows (SESSION_KPI_COLUMNS), dead_letter: late activity}.
+
+    One row per session_id over its whole life (keyed state, see transforms.keyed_totals): early rows every
+    `early_firing_s`, a final row once the session has been inactive for `gap_s` + `allowed_lateness_s`.
+    Write the rows with SESSION_KPI_MERGE, which adds up the generations of a session that paused longer.
+    """
 
     def __init__(self, gap_s: int = 1800, allowed_lateness_s: int = 3600, early_firing_s: float = 5.0,
-                 label: Optional[str] = None):
+                 clock: Callable[[], float] = time.time, label: Optional[str] = None):
         super().__init__(label)
         if gap_s <= 0 or allowed_lateness_s < 0 or early_firing_s <= 0:
             raise ValueError("gap_s and early_firing_s must be positive, allowed_lateness_s >= 0")
-        self._gap, self._late, self._early = gap_s, allowed_lateness_s, early_firing_s
+        self._gap, self._late, self._early, self._clock = gap_s, allowed_lateness_s, early_firing_s, clock
 
     def expand(self, activity):
-        return (activity
-                | "KeyBySession" >> beam.Map(lambda a: (a.session_id, a))
-                | "SessionWindows" >> beam.WindowInto(
-                    window.Sessions(self._gap), trigger=accumulating_trigger(self._early),
-                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                    allowed_lateness=Duration(seconds=self._late))
-                | "CombineSession" >> beam.CombinePerKey(_UsageCombineFn())
-                | "ToSessionKpiRow" >> beam.ParDo(_SessionRowFn()))
+        return activity | "SessionTotals" >> KeyedTotals(SessionUsage(self._gap, self._late), self._late,
+                                                         self._early, step="SessionKpis", clock=self._clock)
 
 
 # --- billing usage per account per hour ---------------------------------------------------------------------
@@ -175,37 +204,51 @@ BILLING_COLUMNS = ("account_id", "hour_start", "turns", "tokens_in", "tokens_out
                    "estimated_cost_usd", "revision", "is_final")
 
 
-class _BillingRowFn(beam.DoFn):
-    def process(self, kv, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        account_id, u = kv
-        final = pane is not None and pane.timing in (beam.utils.windowed_value.PaneInfoTiming.ON_TIME,
-                                                     beam.utils.windowed_value.PaneInfoTiming.LATE)
-        hour_start_ms = int(win.start.micros // 1000)
-        yield {
+def hour_key(account_id: str, hour_start_ms: int) -> str:
+    return f"{hour_start_ms}|{account_id}"
+
+
+class HourlyUsage(_UsageAggregate):
+    """Usage per (account, event-time hour): final at the end of the hour, released after the lateness."""
+
+    def __init__(self, allowed_lateness_s: int):
+        self._late_ms = allowed_lateness_s * 1000
+
+    def key(self, a: Activity) -> str:
+        return hour_key(a.account_id, a.ts_ms - a.ts_ms % (HOUR_S * 1000))
+
+    def final_at_ms(self, key: str, u: Usage) -> int:
+        return int(key.split("|", 1)[0]) + HOUR_S * 1000
+
+    def release_at_ms(self, key: str, u: Usage) -> int:
+        return self.final_at_ms(key, u) + self._late_ms
+
+    def row(self, key: str, u: Usage, final: bool, version: int) -> Dict[str, Any]:
+        hour_ms, account_id = key.split("|", 1)
+        hour_start_ms = int(hour_ms)
+        return {
             "account_id": account_id, "hour_start": _utc(hour_start_ms), "hour_start_ms": hour_start_ms,
             "turns": u.turns, "tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "tool_invocations": u.tools,
             "estimated_cost_usd": round(u.cost, 6),
-            # Distinct items counted: grows only when real data is added, equal for a replayed pane.
+            # Distinct items counted: grows only when real data is added, equal for a replayed row.
             "revision": u.turns + u.tools, "is_final": final,
         }
 
 
 class HourlyUsagePerAccount(beam.PTransform):
-    """PCollection[Activity] -> billing rows per (account_id, event-time hour) per pane, exact after late data."""
+    """PCollection[Activity] -> {"rows": billing rows per (account_id, event-time hour), dead_letter: late}.
+
+    Early rows every `early_firing_s`, a final row when the watermark passes the end of the hour, corrections
+    for items up to `allowed_lateness_s` behind the watermark; state per account-hour is released then.
+    """
 
     def __init__(self, allowed_lateness_s: int = 6 * HOUR_S, early_firing_s: float = 10.0,
-                 label: Optional[str] = None):
+                 clock: Callable[[], float] = time.time, label: Optional[str] = None):
         super().__init__(label)
         if allowed_lateness_s < 0 or early_firing_s <= 0:
             raise ValueError("early_firing_s must be positive, allowed_lateness_s >= 0")
-        self._late, self._early = allowed_lateness_s, early_firing_s
+        self._late, self._early, self._clock = allowed_lateness_s, early_firing_s, clock
 
     def expand(self, activity):
-        return (activity
-                | "KeyByAccount" >> beam.Map(lambda a: (a.account_id, a))
-                | "HourlyWindows" >> beam.WindowInto(
-                    window.FixedWindows(HOUR_S), trigger=accumulating_trigger(self._early),
-                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                    allowed_lateness=Duration(seconds=self._late))
-                | "CombineHour" >> beam.CombinePerKey(_UsageCombineFn())
-                | "ToBillingRow" >> beam.ParDo(_BillingRowFn()))
+        return activity | "HourTotals" >> KeyedTotals(HourlyUsage(self._late), self._late, self._early,
+                                                      step="BillingUsage", clock=self._clock)

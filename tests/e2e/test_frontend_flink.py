@@ -15,7 +15,8 @@ from io_connectors import topics
 from tests.e2e.flink_helpers import cancel_by_name, end_offsets, jobs_by_name, poll, produce_with_offsets, read_from
 from transforms.contracts import CONTRACTS
 from transforms.dead_letters import DeadLetter
-from transforms.engagement import engagement_event, engagement_version, summarize
+from transforms.engagement import engagement_event, summarize
+from transforms.keyed_totals import row_version
 from transforms.generator import (FrontendSessionWorkload, FrontendWorkload, ProducedRecord,
                                   WidgetPerformanceWorkload)
 from transforms.pii import PiiPolicy, Redactor, load_hmac_key
@@ -112,7 +113,7 @@ def test_frontend_events_land_exactly_once_with_session_engagement_and_dlq(stack
         for sid, evs in by_session.items():
             s = summarize(evs.values())
             want_engagement[sid] = (s["user_id"], s["events"], s["duration_ms"], s["furthest_stage"],
-                                    s["first_ms"], s["last_ms"], True, engagement_version(s["last_ms"], s["events"]))
+                                    s["first_ms"], s["last_ms"], True, row_version(s["last_ms"], s["events"], True))
         assert len(want_rows) == sum(sizes.values()) + sum(partitions[t] for t in workloads)
 
         poll(lambda: any(j["state"] == "RUNNING" for j in jobs_by_name(job_name)), 60, "Flink to list the job RUNNING")

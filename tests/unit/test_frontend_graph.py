@@ -11,8 +11,9 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.engagement import (EngagementEvent, SessionEngagement, engagement_event, engagement_version,
-                                   summarize)
+from transforms.dead_letters import Tags
+from transforms.engagement import EngagementEvent, SessionEngagement, engagement_event, summarize
+from transforms.keyed_totals import LATE_DATA, row_version
 from transforms.contracts import FrontendUserInteraction, FrontendWidgetPerformance
 from transforms.scoring import Scored, enrich_frontend
 
@@ -20,8 +21,12 @@ pytestmark = pytest.mark.unit
 T0 = 1_795_000_000  # seconds
 
 
-def _ev(event_id, ts_s, stage="page_view", session="s1", user="u1"):
-    return TimestampedValue(EngagementEvent(event_id, session, user, int(ts_s * 1000), stage), ts_s)
+def _ev(event_id, ts_s, stage="page_view", session="s1", user="u1", src=None):
+    return TimestampedValue(EngagementEvent(event_id, session, user, int(ts_s * 1000), stage, src), ts_s)
+
+
+def _test_clock() -> float:
+    return 0.0  # the DirectRunner's TestClock starts at 0 and moves only with advance_processing_time
 
 
 def _pipeline():
@@ -34,66 +39,50 @@ def _summary(r):
     return (r["session_id"], r["events"], r["duration_ms"], r["furthest_stage"], r["is_final"], r["pane_version"])
 
 
-def test_engagement_early_final_and_late_panes_with_duplicates():
+def test_engagement_of_a_session_that_pauses_with_duplicates_late_and_too_late_events():
     stream = (TestStream()
               .advance_watermark_to(T0)
               .add_elements([_ev("e1", T0, user=None), _ev("e2", T0 + 10, "widget_open"),
                              _ev("e2", T0 + 10, "widget_open"),  # duplicate
                              _ev("e3", T0 + 20, None),  # widget performance: no stage
                              _ev("x1", T0 + 5, "conversion", session="s2", user="u2")])
-              .advance_processing_time(10)  # early panes
-              .advance_watermark_to(T0 + 20 + 60 + 1)  # gap 60 s after each session's last event: on time
-              # late but inside the closed s1 session (it does not extend it), within lateness: a late pane
-              .add_elements([_ev("e4", T0 + 15, "user_message")])
-              .add_elements([_ev("e4", T0 + 15, "user_message")])  # late duplicate: same data, same version
-              .advance_watermark_to(T0 + 10_000)
-              .add_elements([_ev("e5", T0 + 12, "conversion")])  # beyond allowed lateness: dropped
+              .advance_processing_time(10)  # early rows
+              .advance_watermark_to(T0 + 200)
+              # out of order and 185 s behind the watermark (within the lateness), and its duplicate
+              .add_elements([_ev("e4", T0 + 15, "user_message"), _ev("e4", T0 + 15, "user_message")])
+              .advance_processing_time(10)
+              .add_elements([_ev("e6", T0 + 400, None)])  # after a 380 s pause (> gap): the same session
+              .advance_watermark_to(T0 + 1_100)  # inactive for gap + lateness: final rows
+              .advance_watermark_to(T0 + 1_300)
+              .add_elements([_ev("e5", T0 + 12, "conversion", src=("frontend.user.interaction", 4, 9))])  # too late
               .advance_watermark_to_infinity())
     with _pipeline() as p:
-        rows = p | stream | SessionEngagement(gap_s=60, allowed_lateness_s=600, early_firing_s=5)
-        s1_last, s2_last = (T0 + 20) * 1000, (T0 + 5) * 1000
-        assert_that(rows | beam.Map(_summary), equal_to([
-            ("s1", 3, 20_000, "widget_open", False, engagement_version(s1_last, 3)),  # early
-            ("s2", 1, 0, "conversion", False, engagement_version(s2_last, 1)),
-            ("s1", 3, 20_000, "widget_open", True, engagement_version(s1_last, 3)),  # on time
-            ("s2", 1, 0, "conversion", True, engagement_version(s2_last, 1)),
-            ("s1", 4, 20_000, "user_message", True, engagement_version(s1_last, 4)),  # late correction
-            ("s1", 4, 20_000, "user_message", True, engagement_version(s1_last, 4)),  # late duplicate
-        ]), label="panes")
-        # the first non-null user, and event times as timestamps
-        assert_that(rows | "Users" >> beam.Map(lambda r: (r["session_id"], r["user_id"],
-                                                         int(r["started_at"].timestamp()) - T0,
-                                                         int(r["ended_at"].timestamp()) - T0)),
-                    equal_to([("s1", "u1", 0, 20)] * 4 + [("s2", "u2", 5, 5)] * 2), label="users")
+        out = p | stream | SessionEngagement(gap_s=60, allowed_lateness_s=600, early_firing_s=5, clock=_test_clock)
+        assert_that(out.rows | beam.Map(_summary), equal_to([
+            ("s1", 3, 20_000, "widget_open", False, row_version((T0 + 20) * 1000, 3, False)),  # early
+            ("s2", 1, 0, "conversion", False, row_version((T0 + 5) * 1000, 1, False)),
+            ("s1", 4, 20_000, "user_message", False, row_version((T0 + 20) * 1000, 4, False)),  # out of order
+            ("s1", 5, 400_000, "user_message", False, row_version((T0 + 400) * 1000, 5, False)),  # resumed
+            ("s2", 1, 0, "conversion", True, row_version((T0 + 5) * 1000, 1, True)),  # final
+            ("s1", 5, 400_000, "user_message", True, row_version((T0 + 400) * 1000, 5, True)),  # whole session
+        ]), label="rows")
+        # the first non-null user in event time, and event times as timestamps
+        assert_that(out.rows | "Users" >> beam.Map(lambda r: (r["session_id"], r["user_id"],
+                                                             int(r["started_at"].timestamp()) - T0,
+                                                             int(r["ended_at"].timestamp()) - T0)),
+                    equal_to([("s1", "u1", 0, 20)] * 2 + [("s1", "u1", 0, 400)] * 2 + [("s2", "u2", 5, 5)] * 2),
+                    label="users")
+        assert_that(out[Tags.DEAD_LETTER.value] | beam.Map(
+            lambda d: (d.error_class, d.source_topic, d.source_partition, d.source_offset)),
+            equal_to([(LATE_DATA, "frontend.user.interaction", 4, 9)]), label="late")
 
 
-def test_engagement_versions_only_grow_within_a_session():
-    stream = (TestStream()
-              .advance_watermark_to(T0)
-              .add_elements([_ev("e1", T0)])
-              .advance_processing_time(10)
-              .add_elements([_ev("e1", T0)])  # duplicate: the next early pane has the same version
-              .advance_processing_time(10)
-              .add_elements([_ev("e2", T0 + 30, "conversion")])
-              .advance_processing_time(10)
-              .advance_watermark_to_infinity())
-    with _pipeline() as p:
-        rows = p | stream | SessionEngagement(gap_s=60, allowed_lateness_s=0, early_firing_s=5)
-        v1, v2 = engagement_version(T0 * 1000, 1), engagement_version((T0 + 30) * 1000, 2)
-        assert v2 > v1
-        assert_that(rows | beam.Map(lambda r: (r["pane_version"], r["events"], r["is_final"])), equal_to([
-            (v1, 1, False), (v1, 1, False),  # the duplicate fires a pane with the same data and version
-            (v2, 2, False), (v2, 2, True)]))
-
-
-def test_summary_of_distinct_events_and_version_order():
+def test_summary_of_distinct_events():
     evs = [EngagementEvent("a", "s", None, 1_000, "page_view"), EngagementEvent("b", "s", "u9", 4_000, None),
            EngagementEvent("c", "s", "u1", 3_000, "product_interest"), EngagementEvent("d", "s", None, 2_000, None)]
     assert summarize(evs) == {"user_id": "u1", "events": 4, "duration_ms": 3_000,
                               "furthest_stage": "product_interest", "first_ms": 1_000, "last_ms": 4_000}
     assert summarize([EngagementEvent("w", "s", None, 5, None)])["furthest_stage"] is None
-    assert engagement_version(4_000, 5) > engagement_version(4_000, 4)  # a late event inside the session
-    assert engagement_version(4_001, 1) > engagement_version(4_000, 9_999)  # later activity
 
 
 def test_engagement_event_of_scored_interaction_and_widget():
@@ -135,4 +124,5 @@ def test_frontend_pipeline_graph_builds_with_readable_steps(monkeypatch):
     for name in ("Interactions", "SessionAnalytics", "WidgetPerformance"):
         assert {f"Redact{name}", f"Enrich{name}", f"Write{name}"} <= labels
     assert {"MergeFrontendEvents", "ToEngagementEvent", "SessionEngagement", "UpsertSessionEngagement"} <= labels
-    assert built == [(11, frontend.TOPICS)]  # validation + 3 x (redaction, enrichment, sink) + engagement sink
+    # validation + 3 x (redaction, enrichment, sink) + engagement late data and sink
+    assert built == [(12, frontend.TOPICS)]
