@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from transforms.dead_letters import Tags
-from transforms.keyed_totals import LATE_DATA, _KeyState, row_version
+from transforms.keyed_totals import LATE_DATA, _id_digest, _KeyState, row_version
 from transforms.windows import Activity, HourlyUsagePerAccount, SessionizeActivity, Usage
 
 pytestmark = pytest.mark.unit
@@ -90,10 +90,10 @@ def test_session_rows_versions_grow_and_the_state_is_small():
     for i in range(20):
         s.totals.add(Activity("turn", f"s/t{i:04d}", "s", "acct", "user-0000", "web_chat", T0 * 1000 + i, 10, 5,
                               100.0, 0.01))
-        s.seen[f"turn/s/t{i:04d}"] = T0 * 1000 + i
+        s.seen[_id_digest(f"turn/s/t{i:04d}")] = T0 * 1000 + i
         s.items += 1
     per_id = (len(pickle.dumps(s)) - len(pickle.dumps(_KeyState(Usage())))) / 20
-    assert len(pickle.dumps(_KeyState(Usage()))) < 300 and per_id < 40
+    assert len(pickle.dumps(_KeyState(Usage()))) < 300 and per_id < 25
 
 
 def test_hourly_usage_is_exact_after_late_data_and_revisions_grow():
