@@ -14,7 +14,6 @@ Duplicates count once. Bad records go to `<topic>.dlq` with the reason; the job 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from typing import List, Optional
@@ -25,7 +24,7 @@ from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_le
 from beam_pipelines.options import SinkOptions, TransformOptions, WindowOptions
 from io_connectors import topics
 from io_connectors.postgres import WriteToPostgres
-from transforms.dead_letters import DeadLetter
+from transforms.dead_letters import KeepSource
 from transforms.engagement import ENGAGEMENT_COLUMNS, ENGAGEMENT_KEYS, SessionEngagement, engagement_event
 from transforms.pii import PiiPolicy, RedactPii
 from transforms.rows import FRONTEND_COLUMNS, FRONTEND_JSON, FRONTEND_KEYS, frontend_to_row
@@ -36,16 +35,6 @@ from transforms.validation import validated
 STREAMS = ((topics.FRONTEND_INTERACTION, "Interactions"), (topics.FRONTEND_SESSION, "SessionAnalytics"),
            (topics.FRONTEND_WIDGET, "WidgetPerformance"))
 TOPICS = tuple(t for t, _ in STREAMS)
-
-
-def from_topic(topic: str):
-    """Dead letters of redaction and enrichment do not know their topic; without it they would all land in
-    the first topic's DLQ."""
-
-    def attribute(dl: DeadLetter) -> DeadLetter:
-        return dl if dl.source_topic else dataclasses.replace(dl, source_topic=topic)
-
-    return attribute
 
 
 class WriteFrontendAnalytics(beam.PTransform):
@@ -61,7 +50,7 @@ class WriteFrontendAnalytics(beam.PTransform):
 
     def expand(self, scored):
         return (scored
-                | "ToRow" >> beam.Map(frontend_to_row)
+                | "ToRow" >> beam.Map(KeepSource(frontend_to_row))
                 | "UpsertFrontendAnalytics" >> WriteToPostgres(
                     "frontend_analytics", FRONTEND_KEYS, FRONTEND_COLUMNS, version_column="ts_ms",
                     json_columns=FRONTEND_JSON, batch_size=self._batch_size, max_attempts=self._max_attempts,
@@ -78,10 +67,10 @@ def build(p: beam.Pipeline, opts) -> None:
 
     enriched = []
     for topic, name in STREAMS:
-        redacted, d = validated(events[topic] | f"Redact{name}" >> RedactPii(policy))
-        dead_letters.append(d | f"{name}RedactionDeadLetters" >> beam.Map(from_topic(topic)))
+        redacted, d = validated(events[topic] | f"Redact{name}" >> RedactPii(policy, topic))
+        dead_letters.append(d)  # every dead letter carries its event's own topic/partition/offset
         scored, d = validated(redacted | f"Enrich{name}" >> EnrichFrontendEvents())
-        dead_letters.append(d | f"{name}EnrichmentDeadLetters" >> beam.Map(from_topic(topic)))
+        dead_letters.append(d)
         dead_letters.append(scored | f"Write{name}" >> WriteFrontendAnalytics(
             topic, sink.pg_batch_size, sink.pg_max_attempts))
         enriched.append(scored)

@@ -24,6 +24,7 @@ from beam_pipelines.options import SinkOptions, TransformOptions, WindowOptions
 from io_connectors import topics
 from io_connectors.postgres import WriteToPostgres
 from io_connectors.redis_state import WriteSessionState
+from transforms.dead_letters import KeepSource
 from transforms.pii import RedactPii
 from transforms.scoring import ScoreAgentTurns
 from transforms.turns import AGENT_TURN_JSON, AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, turn_to_row
@@ -51,7 +52,7 @@ class WriteAgentTurns(beam.PTransform):
 
     def expand(self, turns):
         return (turns
-                | "ToRow" >> beam.Map(turn_to_row)
+                | "ToRow" >> beam.Map(KeepSource(turn_to_row))
                 | "UpsertAgentTurns" >> WriteToPostgres(
                     "agent_turns", AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, version_column="ts_ms",
                     json_columns=AGENT_TURN_JSON, batch_size=self._batch_size, max_attempts=self._max_attempts,
@@ -65,21 +66,22 @@ def build(p: beam.Pipeline, opts) -> None:
     events, dead = read_and_validate(p, opts, TOPICS)
     dead_letters = [dead]
 
-    turns, d = validated(events[topics.TURNS] | "RedactTurns" >> RedactPii(xf.pii_policy_file))
+    turns, d = validated(events[topics.TURNS] | "RedactTurns" >> RedactPii(xf.pii_policy_file, topics.TURNS))
     dead_letters.append(d)
     scored, d = validated(turns | "ScoreTurns" >> ScoreAgentTurns(xf.price_table_file))
     dead_letters.append(d)
     dead_letters.append(scored | "WriteAgentTurns" >> WriteAgentTurns(sink.pg_batch_size, sink.pg_max_attempts))
     dead_letters.append(scored
-                        | "ToSessionState" >> beam.Map(session_state_event)
+                        | "ToSessionState" >> beam.Map(KeepSource(session_state_event))
                         | "WriteRedisSessionState" >> WriteSessionState(
                             ttl_seconds=xf.redis_ttl_seconds, source_topic=topics.TURNS))
 
-    tools, d = validated(events[topics.TOOLS] | "RedactTools" >> RedactPii(xf.pii_policy_file))
+    tools, d = validated(events[topics.TOOLS] | "RedactTools" >> RedactPii(xf.pii_policy_file, topics.TOOLS))
     dead_letters.append(d)
     # Session updates are validated and redacted (bad ones reach their DLQ); the KPIs derive from turns and
     # tool calls, which carry the counts themselves.
-    _, d = validated(events[topics.SESSIONS] | "RedactSessionUpdates" >> RedactPii(xf.pii_policy_file))
+    _, d = validated(events[topics.SESSIONS] | "RedactSessionUpdates" >> RedactPii(
+        xf.pii_policy_file, topics.SESSIONS))
     dead_letters.append(d)
 
     activity = ((scored | "TurnActivity" >> beam.Map(lambda s: turn_activity(s.event,

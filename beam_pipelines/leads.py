@@ -20,6 +20,7 @@ from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_le
 from beam_pipelines.options import SinkOptions, TransformOptions
 from io_connectors import topics
 from io_connectors.postgres import WriteToPostgres
+from transforms.dead_letters import KeepSource
 from transforms.pii import RedactPii
 from transforms.rows import LEAD_COLUMNS, LEAD_JSON, LEAD_KEYS, lead_to_row
 from transforms.scoring import ScoreLeads
@@ -33,12 +34,12 @@ def build(p: beam.Pipeline, opts) -> None:
     xf = opts.view_as(TransformOptions)
     events, dead = read_and_validate(p, opts, TOPICS)
     dead_letters = [dead]
-    leads, d = validated(events[topics.LEADS] | "RedactLeads" >> RedactPii(xf.pii_policy_file))
+    leads, d = validated(events[topics.LEADS] | "RedactLeads" >> RedactPii(xf.pii_policy_file, topics.LEADS))
     dead_letters.append(d)
     scored, d = validated(leads | "ScoreLeads" >> ScoreLeads())
     dead_letters.append(d)
     dead_letters.append(scored
-                        | "ToLeadRow" >> beam.Map(lead_to_row)
+                        | "ToLeadRow" >> beam.Map(KeepSource(lead_to_row))
                         | "UpsertMarketoLeads" >> WriteToPostgres(
                             "marketo_leads", LEAD_KEYS, LEAD_COLUMNS, version_column="source_ts_ms",
                             json_columns=LEAD_JSON, batch_size=sink.pg_batch_size,

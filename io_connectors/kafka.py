@@ -1,4 +1,4 @@
-"""Kafka wiring: Beam's ReadFromKafka as KafkaRecords, and the dead-letter writer (WriteToKafka).
+"""Kafka wiring: Beam's ReadFromKafka as KafkaRecords, and the dead-letter writer (WriteDeadLetters).
 
 Both are Beam cross-language transforms: their Java part is expanded by the Kafka expansion service
 (`--expansion_service`, the local stack runs one on localhost:8097 with an EMBEDDED Java environment and
@@ -7,16 +7,23 @@ Both are Beam cross-language transforms: their Java part is expanded by the Kafk
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+import dataclasses
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.kafka import ReadFromKafka, WriteToKafka
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import PDone
 
+from io_connectors import topics
 from io_connectors.topics import dlq_topic
-from transforms.dead_letters import DeadLetter
+from transforms.dead_letters import (DEFAULT_MAX_PAYLOAD_BYTES, MAX_ENVELOPE_OVERHEAD_BYTES, MIN_MAX_PAYLOAD_BYTES,
+                                     DeadLetter)
 from transforms.records import KafkaRecord
+
+log = logging.getLogger(__name__)
 
 
 def _to_record(row) -> KafkaRecord:
@@ -52,45 +59,199 @@ class ReadKafkaRecords(beam.PTransform):
         return pbegin | "ReadFromKafka" >> read | "ToKafkaRecord" >> beam.Map(_to_record)
 
 
-class _KeyDeadLetterFn(beam.DoFn):
-    def __init__(self):
-        self._count = Metrics.counter(self.__class__, "dead_letters_written")
+# Kafka's producer default max.request.size (the largest record the producer sends) and the broker default
+# message.max.bytes (1048588, the largest record batch it accepts): the local stack keeps both defaults, as do
+# DigitalOcean Managed Kafka and flink-deploy/kafka-topics.yaml (no max.message.bytes override on any topic).
+DLQ_MAX_REQUEST_BYTES = 1024 * 1024
+RECORD_OVERHEAD_BYTES = 1024  # record batch header (61 B), record header, the `topic:partition:offset` key
+MAX_DLQ_PAYLOAD_BYTES = DLQ_MAX_REQUEST_BYTES - MAX_ENVELOPE_OVERHEAD_BYTES - RECORD_OVERHEAD_BYTES
+FALLBACK_NOTE = "the first source topic's DLQ, envelope marked unrouted=true"
 
-    def process(self, dl: DeadLetter) -> Iterable[Tuple[bytes, bytes]]:
+
+class DeadLetterOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--dlq_max_payload_bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES,
+                            help="A dead letter keeps payloads up to this size (bytes of its JSON string) inline; "
+                                 "a larger payload is stored by reference: source topic/partition/offset, size, "
+                                 "SHA-256 and a prefix of this size, payload_truncated=true. At most "
+                                 f"{MAX_DLQ_PAYLOAD_BYTES} (the DLQ producer's max.request.size "
+                                 f"{DLQ_MAX_REQUEST_BYTES} minus the envelope's bounded other fields). "
+                                 f"Default {DEFAULT_MAX_PAYLOAD_BYTES}.")
+
+
+def check_dlq_max_payload_bytes(n: int) -> int:
+    if not MIN_MAX_PAYLOAD_BYTES <= n <= MAX_DLQ_PAYLOAD_BYTES:
+        raise ValueError(f"--dlq_max_payload_bytes must be between {MIN_MAX_PAYLOAD_BYTES} and "
+                         f"{MAX_DLQ_PAYLOAD_BYTES} (DLQ max.request.size {DLQ_MAX_REQUEST_BYTES} minus "
+                         f"{MAX_ENVELOPE_OVERHEAD_BYTES + RECORD_OVERHEAD_BYTES} bytes of envelope), got {n}")
+    return n
+
+
+OTHER_KNOWN = "other_known_topic"  # tag of dead letters from a known topic the pipeline does not read
+
+
+class _RouteDeadLetterFn(beam.DoFn):
+    """DeadLetter -> (key, bounded JSON envelope), tagged with the DLQ it goes to (see WriteDeadLetters)."""
+
+    def __init__(self, source_topics: Sequence[str], known_topics: Sequence[str], max_payload_bytes: int):
+        self._own = frozenset(source_topics)
+        self._known = frozenset(known_topics) - self._own
+        self._fallback = source_topics[0]
+        self._max = max_payload_bytes
+        self._count = Metrics.counter(self.__class__, "dead_letters_written")
+        self._by_reference = Metrics.counter(self.__class__, "dead_letters_payload_by_reference")
+        self._other = Metrics.counter(self.__class__, "dead_letters_of_other_topics")
+        self._unrouted = Metrics.counter(self.__class__, "dead_letters_unrouted")
+        self._warned: set = set()
+
+    def process(self, dl: DeadLetter):
         self._count.inc()
-        key = f"{dl.source_topic}:{dl.source_partition}:{dl.source_offset}".encode()
-        yield key, dl.to_json()
+        topic = dl.source_topic
+        if topic in self._own:
+            tag = topic
+        elif topic in self._known:
+            tag = OTHER_KNOWN
+            self._other.inc()
+        else:
+            tag = self._fallback
+            dl = dataclasses.replace(dl, unrouted=True)
+            self._unrouted.inc()
+            if topic not in self._warned and len(self._warned) < 100:
+                self._warned.add(topic)
+                log.warning("dead letter of step %s has source topic %r, which has no DLQ: sent to %s "
+                            "(unrouted=true)", dl.step, topic, dlq_topic(self._fallback))
+        bounded = dl.bounded(self._max)
+        if bounded.payload_truncated:
+            self._by_reference.inc()
+        key, value = bounded.kafka_key(), bounded.to_json(self._max)
+        yield beam.pvalue.TaggedOutput(tag, (dlq_topic(topic), key, value) if tag == OTHER_KNOWN else (key, value))
+
+
+class RouteDeadLetters(beam.PTransform):
+    """PCollection[DeadLetter] -> tagged (key, envelope) outputs: one tag per source topic, plus OTHER_KNOWN
+    with (dlq topic, key, envelope) for dead letters of other known topics. Kafka-free, so tests can check
+    where every dead letter goes."""
+
+    def __init__(self, source_topics: Sequence[str], max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                 known_topics: Optional[Sequence[str]] = None, label: Optional[str] = None):
+        super().__init__(label)
+        if not source_topics:
+            raise ValueError("RouteDeadLetters needs at least one source topic")
+        self._topics: List[str] = list(dict.fromkeys(source_topics))
+        self._known = list(known_topics) if known_topics is not None else [t.name for t in topics.TOPICS]
+        self._max = check_dlq_max_payload_bytes(max_payload_bytes)
+
+    def expand(self, dead_letters):
+        return dead_letters | "Route" >> beam.ParDo(
+            _RouteDeadLetterFn(self._topics, self._known, self._max)).with_outputs(OTHER_KNOWN, *self._topics)
+
+
+class _ProduceDeadLettersFn(beam.DoFn):
+    """(dlq topic, key, envelope) -> Kafka with a librdkafka producer, for the rare dead letter of a known
+    topic the pipeline does not read (it has no WriteToKafka of its own). The producer is made on the first
+    such element; each bundle waits for its acks (at least once, like WriteToKafka), and a delivery error
+    fails the bundle so that it is retried."""
+
+    def __init__(self, librdkafka_config: Optional[Dict[str, str]] = None, flush_timeout_s: float = 120.0):
+        self._config = librdkafka_config  # None: from the worker's environment (KafkaSettings)
+        self._flush_timeout_s = flush_timeout_s
+        self._written = Metrics.counter(self.__class__, "dead_letters_written_to_other_dlqs")
+        self._producer = None
+
+    def _get_producer(self):
+        if self._producer is None:
+            from confluent_kafka import Producer
+
+            from io_connectors.settings import KafkaSettings
+
+            conf = self._config if self._config is not None else KafkaSettings.from_env().librdkafka_config()
+            self._producer = Producer({**conf, "acks": "all", "enable.idempotence": True,
+                                       "message.max.bytes": DLQ_MAX_REQUEST_BYTES, "linger.ms": 20})
+        return self._producer
+
+    def start_bundle(self):
+        self._errors: List[str] = []
+
+    def _delivered(self, err, msg):
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err}")
+
+    def process(self, item: Tuple[str, bytes, bytes]):
+        topic, key, value = item
+        producer = self._get_producer()
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                producer.poll(0.5)
+        producer.poll(0)
+        self._written.inc()
+        return ()  # a sink: nothing downstream
+
+    def finish_bundle(self):
+        if self._producer is None:
+            return
+        left = self._producer.flush(self._flush_timeout_s)
+        if left or self._errors:
+            errors, self._errors = self._errors, []
+            raise RuntimeError(f"dead letters not acknowledged by Kafka: {left} pending, errors: {errors[:5]}")
+
+    def teardown(self):
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
 
 
 class WriteDeadLetters(beam.PTransform):
-    """Send DeadLetter envelopes to `<source topic>.dlq` (one WriteToKafka per source topic).
+    """Send DeadLetter envelopes to `<source topic>.dlq`; every envelope fits the DLQ.
 
-    Dead letters whose source topic is not among `source_topics` go to the first topic's DLQ, so nothing is
-    dropped. Keys are `topic:partition:offset`, so a replay writes the same key again (consumers can dedupe).
+    Routing: a dead letter of one of `source_topics` goes to that topic's DLQ (one WriteToKafka each); one of
+    another topic of io_connectors.topics (which has its `.dlq` twin) goes to that DLQ through a small
+    librdkafka producer; one whose source topic is unknown or missing goes to the fallback, the first source
+    topic's DLQ, with `unrouted: true` in the envelope, the `dead_letters_unrouted` counter and a warning
+    (a dedicated unrouted topic would need creating everywhere; every step names its source, so this is
+    a bug's safety net, not a route). Keys are `topic:partition:offset`, so a replay writes the same key
+    again (consumers can dedupe).
+
+    Size: payloads larger than `max_payload_bytes` (default: the pipeline's --dlq_max_payload_bytes) are
+    stored by reference (DeadLetter.bounded); the envelope is then at most max_payload_bytes +
+    MAX_ENVELOPE_OVERHEAD_BYTES, below the producers' max.request.size (DLQ_MAX_REQUEST_BYTES, Kafka's
+    default, which the broker's message.max.bytes accepts), so no record of any size fails the writer.
     """
 
     def __init__(self, source_topics: Sequence[str], producer_config: Dict[str, str],
-                 expansion_service: Optional[str], label: Optional[str] = None):
+                 expansion_service: Optional[str], max_payload_bytes: Optional[int] = None,
+                 librdkafka_config: Optional[Dict[str, str]] = None, label: Optional[str] = None):
         super().__init__(label)
         if not source_topics:
             raise ValueError("WriteDeadLetters needs at least one source topic")
-        self._topics: List[str] = list(source_topics)
+        self._topics: List[str] = list(dict.fromkeys(source_topics))
         self._config = dict(producer_config)
         self._expansion_service = expansion_service
+        self._max = None if max_payload_bytes is None else check_dlq_max_payload_bytes(max_payload_bytes)
+        self._librdkafka_config = librdkafka_config
 
     def expand(self, dead_letters):
-        index = {t: i for i, t in enumerate(self._topics)}
-        parts = dead_letters | "ByTopic" >> beam.Partition(
-            lambda dl, n: index.get(dl.source_topic, 0), len(self._topics))
-        for i, topic in enumerate(self._topics):
+        limit = self._max
+        if limit is None:
+            opts = dead_letters.pipeline.options
+            limit = (opts.view_as(DeadLetterOptions).dlq_max_payload_bytes if opts is not None
+                     else DEFAULT_MAX_PAYLOAD_BYTES)
+        routed = dead_letters | "Route" >> RouteDeadLetters(self._topics, limit)
+        producer_config = {**self._config, "acks": "all", "enable.idempotence": "true",
+                           "max.request.size": str(DLQ_MAX_REQUEST_BYTES)}
+        for topic in self._topics:
             dlq = dlq_topic(topic)
-            (parts[i]
-             | f"Key[{dlq}]" >> beam.ParDo(_KeyDeadLetterFn()).with_output_types(Tuple[bytes, bytes])
+            (routed[topic]
+             | f"Key[{dlq}]" >> beam.Map(lambda kv: kv).with_output_types(Tuple[bytes, bytes])
              | f"Write[{dlq}]" >> WriteToKafka(
-                 producer_config={**self._config, "acks": "all", "enable.idempotence": "true"}, topic=dlq,
+                 producer_config=producer_config, topic=dlq,
                  key_serializer="org.apache.kafka.common.serialization.ByteArraySerializer",
                  value_serializer="org.apache.kafka.common.serialization.ByteArraySerializer",
                  expansion_service=self._expansion_service))
+        routed[OTHER_KNOWN] | "WriteOtherTopicsDlq" >> beam.ParDo(_ProduceDeadLettersFn(self._librdkafka_config))
         return PDone(dead_letters.pipeline)
 
 

@@ -48,7 +48,7 @@ from apache_beam.utils.timestamp import Duration
 
 from io_connectors import settings as _settings
 from io_connectors.settings import SpacesSettings
-from transforms.dead_letters import DeadLetter, ErrorKind, Tags
+from transforms.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
 from transforms.records import KafkaRecord
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,10 @@ def rows_to_table(rows: Sequence[Dict[str, Any]], schema: pa.Schema,
     return table, bad
 
 
+def _int_or_none(v: Any) -> Optional[int]:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
 class _WriteParquetFn(beam.DoFn):
     """(shard, rows) of one window pane -> one Parquet object; emits {key, rows, bytes, ...} per file."""
 
@@ -240,11 +244,15 @@ class _WriteParquetFn(beam.DoFn):
         for row, reason in bad:
             self._dead.inc()
             raw = row.get("payload") if isinstance(row.get("payload"), bytes) else \
-                json.dumps(row, default=str, sort_keys=True).encode()
+                json.dumps(without_source(row), default=str, sort_keys=True).encode()
+            # the raw schema's topic/partition/offset are the record's own; other schemas may carry SOURCE_KEY
+            source = source_of(row) or (row.get("topic") or self._topic, _int_or_none(row.get("partition")),
+                                        _int_or_none(row.get("offset")))
+            event_time = row.get("event_time")
             yield beam.pvalue.TaggedOutput(Tags.DEAD_LETTER.value, DeadLetter.of(
                 raw, step=f"WriteHourlyParquet[{self._topic}]", error_class=ErrorKind.SINK_PERMANENT.value,
-                error_message=reason, topic=row.get("topic") or self._topic, partition=row.get("partition"),
-                offset=row.get("offset")))
+                error_message=reason, source=source,
+                event_time_ms=int(event_time.timestamp() * 1000) if isinstance(event_time, datetime) else None))
         if table.num_rows == 0:
             return
         key = object_key(self._prefix, self._topic, float(win.start), shard, self._num_shards,

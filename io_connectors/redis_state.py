@@ -9,7 +9,9 @@ Input: one plain dict per agent turn (extra keys are ignored):
      "message": "hi [EMAIL]",          # the REDACTED text of the turn (callers redact first)
      "channel": "web_chat",            # optional, default "text"
      "status": "active",               # optional, default "active"
-     "response_time_ms": 812.0}        # optional: the agent's latency for this turn
+     "response_time_ms": 812.0,        # optional: the agent's latency for this turn
+     "_source": ("text.agent.turn.completed", 3, 1041)}  # optional: the turn's record (dead letters name it;
+                                       # transforms.dead_letters.KeepSource adds it)
 
 Keys written (hashes, every one with the TTL, refreshed on each write):
 
@@ -49,7 +51,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from io_connectors import settings as _settings
 from io_connectors.retry import with_retries
 from io_connectors.settings import RedisSettings
-from transforms.dead_letters import DeadLetter, ErrorKind, Tags
+from transforms.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +262,10 @@ class _WriteSessionStateFn(beam.DoFn):
         for event, reason in refused:
             self._dead.inc()
             ts = ts_of[id(event)]
-            dl = DeadLetter.of(json.dumps(event, default=str, sort_keys=True).encode(), step="WriteSessionState",
-                               error_class=ErrorKind.SINK_PERMANENT.value, error_message=reason,
-                               topic=self._source_topic, event_time_ms=int(ts.micros // 1000))
+            dl = DeadLetter.of(json.dumps(without_source(event), default=str, sort_keys=True).encode(),
+                               step="WriteSessionState", error_class=ErrorKind.SINK_PERMANENT.value,
+                               error_message=reason, topic=self._source_topic, source=source_of(event),
+                               event_time_ms=int(ts.micros // 1000))
             yield beam.pvalue.TaggedOutput(Tags.DEAD_LETTER.value, WindowedValue(dl, ts, [window]))
 
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from io_connectors import topics
+from transforms.dead_letters import Source  # (topic, partition, offset) of an event's Kafka record
 
 
 _FIELD_NAMES: Dict[type, frozenset] = {}  # per-class field names, for the hot path of with_metadata
@@ -36,9 +37,14 @@ def _meta_of(event: BaseModel) -> Dict[str, Any]:
     return private.get("_meta", {}) if private else {}
 
 
-def set_metadata(event: BaseModel, meta: Dict[str, Any]) -> None:
-    """Attach metadata to an event this code just created (validation); everyone else uses with_metadata."""
-    object.__setattr__(event, "__pydantic_private__", {"_meta": meta})
+def set_metadata(event: BaseModel, meta: Dict[str, Any], source: Optional[Source] = None) -> None:
+    """Attach metadata (and the record's source position) to an event this code just created
+    (validation); everyone else uses with_metadata / with_source, which copy."""
+    _set_private(event, {"_meta": meta, "_src": source})
+
+
+# For validation's hot path: set_private_state(event, {"_src": ...}) on an event it just created.
+set_private_state = _set_private
 
 
 class EventModel(BaseModel):
@@ -46,8 +52,13 @@ class EventModel(BaseModel):
 
     `transformation_metadata()` is what the transform layer learnt about the event (extra fields, PII
     kinds and counts redacted, scorer version); it is never part of the payload, so it lives in pydantic's
-    private-state slot (`__pydantic_private__`, kept by pickling and copies). It is not a declared
-    PrivateAttr because that costs a Python-level init on every validation (~8% of the transform layer).
+    private-state slot (`__pydantic_private__ = {"_meta": {...}, "_src": (topic, partition, offset)}`, kept
+    by pickling and copies). It is not a declared PrivateAttr because that costs a Python-level init on
+    every validation (~8% of the transform layer).
+
+    `source()` is the (topic, partition, offset) of the Kafka record the event was parsed from, set by
+    validation and kept by `with_metadata`, so that every later step's dead letter names the true record
+    (`DeadLetter.of_event`). It is not metadata: rows never carry it.
     """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False)
@@ -73,6 +84,18 @@ class EventModel(BaseModel):
         """A copy of the metadata the transform layer attached (schema version always included)."""
         return {"schema_version": self.schema_version, **_meta_of(self)}
 
+    def source(self) -> Optional[Source]:
+        """(topic, partition, offset) of the record this event was parsed from; None if it was not."""
+        private = self.__pydantic_private__
+        return private.get("_src") if private else None
+
+    def with_source(self, topic: Optional[str], partition: Optional[int] = None,
+                    offset: Optional[int] = None) -> "EventModel":
+        """A copy that carries this source position (events built in code, tests)."""
+        copy = self.with_metadata()
+        copy.__pydantic_private__["_src"] = (topic, partition, offset)
+        return copy
+
     def with_metadata(self, update: Optional[Dict[str, Any]] = None, **fields: Any) -> "EventModel":
         """A copy with `fields` replaced and `update` merged into the metadata; the original is unchanged
         (Beam elements may be shared between branches, so transforms never mutate their input).
@@ -97,12 +120,15 @@ class EventModel(BaseModel):
         else:
             fields_set = set(self.__pydantic_fields_set__)
         private = self.__pydantic_private__
-        meta = private.get("_meta") if private else None
+        if private:
+            meta, src = private.get("_meta"), private.get("_src")
+        else:
+            meta = src = None
         _set_dict(copy, "__dict__", values)
         _set_fields_set(copy, fields_set)
         _set_extra(copy, extra)
         _set_private(copy, {"_meta": {**meta, **update} if meta and update else
-                            dict(meta) if meta else dict(update) if update else {}})
+                            dict(meta) if meta else dict(update) if update else {}, "_src": src})
         return copy
 
 

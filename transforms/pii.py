@@ -10,8 +10,10 @@ that must stay joinable get a keyed pseudonym (HMAC-SHA256; key from `PII_HMAC_K
 `PII_HMAC_KEY_FILE`, never logged or pickled into the pipeline graph).
 
 The per-field policy lives in `config/pii_policy.json` (or the file named by `PII_POLICY_FILE`); it is read
-and checked when the pipeline is built. `transformation_metadata()["pii"]` records the kinds and counts
-redacted and which fields were pseudonymized, never the values.
+and checked when the pipeline is built. It fails closed: every topic a pipeline redacts needs an entry
+(`{}` when it holds no PII), else building the pipeline raises ValueError naming the topic and the file.
+`transformation_metadata()["pii"]` records the kinds and counts redacted and which fields were
+pseudonymized, never the values.
 
 Quality on the labelled set: `python benchmarks/pii_quality.py`.
 """
@@ -377,10 +379,13 @@ class PiiPolicy:
     phone_regions: Tuple[str, ...]
     extra_fields: str
     fields: Dict[str, Dict[str, str]] = field(default_factory=dict)  # {model class name: {field: action}}
+    origin: str = "<dict>"  # the file it was read from, for error messages
 
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any], contracts: Mapping[str, type] = CONTRACTS) -> "PiiPolicy":
-        """Check the document now (pipeline build time): unknown topics, fields, actions or regions fail."""
+    def from_dict(cls, doc: Mapping[str, Any], contracts: Mapping[str, type] = CONTRACTS,
+                  origin: str = "<dict>") -> "PiiPolicy":
+        """Check the document now (pipeline build time): unknown topics, fields, actions or regions fail.
+        A topic without an entry is not an error here, but RedactPii refuses to redact it (fail closed)."""
         regions = tuple(doc.get("phone_regions", ("US",)))
         for r in regions:
             if r not in phonenumbers.SUPPORTED_REGIONS:
@@ -399,14 +404,32 @@ class PiiPolicy:
             by_model[model.__name__] = dict(spec)
         if extra not in ACTIONS:
             raise ValueError(f"PII policy: unknown extra_fields action {extra!r}")
-        return cls(int(doc.get("version", 1)), regions, extra, by_model)
+        return cls(int(doc.get("version", 1)), regions, extra, by_model, origin)
 
     @classmethod
     def load(cls, path: Union[str, Path, None] = None) -> "PiiPolicy":
         """From `path`, else `PII_POLICY_FILE`, else config/pii_policy.json."""
         path = Path(path or os.environ.get(POLICY_ENV) or DEFAULT_POLICY_FILE)
         with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+            return cls.from_dict(json.load(f), origin=str(path))
+
+    def require(self, topic_or_model: Union[str, type], contracts: Mapping[str, type] = CONTRACTS) -> type:
+        """The model of a topic (or the model itself) if the policy has an entry for it; else ValueError
+        naming the topic, the model and the policy file. An entry may be `{}` (nothing to redact), but it
+        must be there: an event type nobody reviewed is never written unredacted."""
+        if isinstance(topic_or_model, str):
+            model = contracts.get(topic_or_model)
+            if model is None:
+                raise ValueError(f"PII policy {self.origin}: no contract for topic {topic_or_model!r}")
+            topic = topic_or_model
+        else:
+            model = topic_or_model
+            topic = next((t for t, m in contracts.items() if m is model), None)
+        if model.__name__ not in self.fields:
+            raise MissingPiiPolicy(
+                f"PII policy {self.origin} has no entry for topic {topic!r} (model {model.__name__}): add "
+                f"\"{topic}\": {{<field>: <action>, ...}} under \"topics\" (or {{}} if it holds no PII)")
+        return model
 
     def needs_key(self) -> bool:
         return any(a.startswith("pseudonymize") for spec in self.fields.values() for a in spec.values()) or \
@@ -420,7 +443,8 @@ _CHANGE_FIELD_ACTIONS = {
 }
 
 
-_NO_FIELDS: Dict[str, str] = {}
+class MissingPiiPolicy(ValueError):
+    """An event type without an entry in the PII policy: redaction fails closed."""
 
 
 class Redactor:
@@ -503,7 +527,9 @@ class Redactor:
     def event(self, event: EventModel) -> Tuple[EventModel, Counts]:
         """A redacted copy of `event` and the counts per kind; metadata gets `pii` (kinds, counts, fields
         pseudonymized, policy version), never a value."""
-        spec = self.policy.fields.get(type(event).__name__, _NO_FIELDS)
+        spec = self.policy.fields.get(type(event).__name__)
+        if spec is None:  # fail closed: never pass an event type through that the policy does not cover
+            self.policy.require(type(event))
         counts: Counts = {}
         updates: Dict[str, Any] = {}
         pseudonymized = []
@@ -543,6 +569,19 @@ class Redactor:
 
 # --- Beam -------------------------------------------------------------------------------------------------
 
+def _models_of(element_type: Any) -> Tuple[type, ...]:
+    """The EventModel classes an element type hint names (a class or a Union of them); () otherwise."""
+    from apache_beam.typehints import typehints
+
+    if isinstance(element_type, type) and issubclass(element_type, EventModel) and element_type is not EventModel:
+        return (element_type,)
+    if isinstance(element_type, typehints.UnionConstraint):
+        found = [t for t in element_type.union_types if isinstance(t, type) and issubclass(t, EventModel)]
+        if found and len(found) == len(element_type.union_types) and EventModel not in found:
+            return tuple(found)
+    return ()
+
+
 class _RedactPiiFn(beam.DoFn):
     def __init__(self, policy: PiiPolicy, step: str):
         self._policy = policy
@@ -552,6 +591,7 @@ class _RedactPiiFn(beam.DoFn):
         self._events = Metrics.counter(self.__class__, "events_redacted")
         self._clean = Metrics.counter(self.__class__, "events_without_pii")
         self._failed = Metrics.counter(self.__class__, f"dead_letters_{ErrorKind.TRANSFORM.value}")
+        self._unpoliced = Metrics.counter(self.__class__, f"dead_letters_{ErrorKind.NO_PII_POLICY.value}")
 
     def setup(self):
         # The key is read on the worker, so it never travels inside the pickled pipeline graph.
@@ -561,9 +601,11 @@ class _RedactPiiFn(beam.DoFn):
         try:
             redacted, counts = self._redactor.event(event)
         except Exception as e:  # a detector bug must not fail the job: the event leaves as a dead letter
-            self._failed.inc()
+            unpoliced = isinstance(e, MissingPiiPolicy)
+            (self._unpoliced if unpoliced else self._failed).inc()
             yield beam.pvalue.TaggedOutput(Tags.DEAD_LETTER.value, DeadLetter.of_event(
-                event, step=self._step, error=e))
+                event, step=self._step, error=e,
+                error_class=(ErrorKind.NO_PII_POLICY if unpoliced else ErrorKind.TRANSFORM).value))
             return
         if counts:
             self._events.inc()
@@ -579,15 +621,35 @@ class RedactPii(beam.PTransform):
 
     The policy is loaded and checked here, when the pipeline is built; the HMAC key is checked here too
     (`check_key=False` when only the workers have it) and read again in each worker's `setup()`.
+
+    Fail closed: `topic` names the topic(s) (or model classes) whose events this step redacts, and each
+    must have an entry in the policy, else ValueError now. Without `topic`, the input's element type must
+    name the model(s) (beam.Create infers it). An event whose model has no entry that reaches a worker
+    anyway is a dead letter (`no_pii_policy`), never written unredacted.
     """
 
-    def __init__(self, policy: Union[PiiPolicy, str, Path, None] = None, check_key: bool = True,
+    def __init__(self, policy: Union[PiiPolicy, str, Path, None] = None,
+                 topic: Union[str, type, Iterable[Union[str, type]], None] = None, check_key: bool = True,
                  label: Optional[str] = None):
         super().__init__(label)
         self._policy = policy if isinstance(policy, PiiPolicy) else PiiPolicy.load(policy)
+        self._models = None
+        if topic is not None:
+            wanted = [topic] if isinstance(topic, (str, type)) else list(topic)
+            if not wanted:
+                raise ValueError("RedactPii: topic= names no topic")
+            self._models = tuple(self._policy.require(t) for t in wanted)
         if check_key and self._policy.needs_key() and load_hmac_key() is None:
             raise ValueError(f"the PII policy pseudonymizes fields: set {KEY_ENV} or {KEY_FILE_ENV}")
 
     def expand(self, events):
+        if self._models is None:
+            models = _models_of(events.element_type)
+            if not models:
+                raise ValueError(f"RedactPii {self.label}: pass topic=<topic(s)> (the input's element type "
+                                 f"{events.element_type!r} names no event model), so that a topic without a "
+                                 f"PII policy entry in {self._policy.origin} fails when the pipeline is built")
+            for m in models:
+                self._policy.require(m)
         return events | "Redact" >> beam.ParDo(_RedactPiiFn(self._policy, self.label)).with_outputs(
             Tags.DEAD_LETTER.value, main=Tags.VALID.value)

@@ -1,4 +1,7 @@
-"""Multi-topic wiring: split KafkaRecords by topic, validate each with its contract, merge dead letters."""
+"""Multi-topic wiring: split KafkaRecords by topic, validate each with its contract, merge dead letters.
+
+Every valid event carries its record's (topic, partition, offset) (`event.source()`), and every dead letter
+names its record, so that WriteDeadLetters sends it to its own topic's DLQ."""
 
 from __future__ import annotations
 
@@ -24,9 +27,11 @@ class ValidateByTopic(beam.PTransform):
     def expand(self, records):
         topics = list(self._models)
         index = {t: i for i, t in enumerate(topics)}
-        # Records of an unexpected topic cannot happen with a fixed subscription; they would fail validation
-        # against the first contract and leave as dead letters rather than vanish.
-        parts = records | "SplitByTopic" >> beam.Partition(lambda r, n: index.get(r.topic, 0), len(topics))
+        unexpected = len(topics)
+        # Records of an unexpected topic cannot happen with a fixed subscription; if one does, it leaves as an
+        # `unknown_topic` dead letter naming its own topic/partition/offset rather than vanish.
+        parts = records | "SplitByTopic" >> beam.Partition(lambda r, n: index.get(r.topic, unexpected),
+                                                           len(topics) + 1)
         valid: Dict[str, beam.PCollection] = {}
         dead = []
         for i, topic in enumerate(topics):
@@ -34,4 +39,7 @@ class ValidateByTopic(beam.PTransform):
                 self._models[topic], max_payload_bytes=self._max))
             valid[topic] = v
             dead.append(d)
+        _, d = validated(parts[unexpected] | "UnexpectedTopic" >> ValidateEvents(
+            None, max_payload_bytes=self._max, contracts={}))
+        dead.append(d)
         return valid, tuple(dead) | "MergeValidationDeadLetters" >> beam.Flatten()

@@ -4,6 +4,8 @@
 kind and emits dead letters tagged `Tags.DEAD_LETTER`. Rules (issue 3):
 
 - unknown extra fields are kept on the event and listed in its `transformation_metadata()["extra_fields"]`;
+- every valid event carries its record's (topic, partition, offset) (`event.source()`), and every dead
+  letter names the record and the step (the ValidateEvents step's label);
 - errors, each with its own `ErrorKind` and counter: payload over `max_payload_bytes` (default 1 MB),
   bytes that are not UTF-8, text that is not JSON, JSON that is not an object, a missing required field or
   a wrong type (`schema_violation`), a `timestamp` implausibly far in the past or future, and a record from
@@ -20,7 +22,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from pydantic import ValidationError
 
-from transforms.contracts import CONTRACTS, EventModel, set_metadata
+from transforms.contracts import CONTRACTS, EventModel, Source, set_private_state
 from transforms.dead_letters import DeadLetter, ErrorKind, Tags
 from transforms.records import KafkaRecord
 
@@ -42,11 +44,12 @@ def _describe(e: ValidationError) -> str:
 
 def parse_event(raw: bytes, model: Type[EventModel], *, now_ms: Optional[int] = None,
                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
-                max_past_ms: int = DEFAULT_MAX_PAST_MS) -> EventModel:
+                max_past_ms: int = DEFAULT_MAX_PAST_MS, source: Optional[Source] = None) -> EventModel:
     """Decode, parse and validate one payload; raise EventError with the kind and a readable reason.
 
     JSON parsing and validation happen in one pass (pydantic-core), which is what makes ~10 us/event
-    possible; the error is then classified from pydantic's error type.
+    possible; the error is then classified from pydantic's error type. `source` (topic, partition, offset)
+    is attached to the event (`event.source()`), so later steps' dead letters name the record.
     """
     if raw is None:
         raise EventError(ErrorKind.NOT_JSON, "empty record (null value)")
@@ -73,19 +76,22 @@ def parse_event(raw: bytes, model: Type[EventModel], *, now_ms: Optional[int] = 
     if ts > now_ms + max_future_ms:
         raise EventError(ErrorKind.TIMESTAMP, f"timestamp {ts} is implausibly far in the future")
     extra = event.__pydantic_extra__
-    if extra:
-        set_metadata(event, {"extra_fields": sorted(extra)})  # our own fresh object: no copy needed
+    if extra:  # our own fresh object: set, no copy needed
+        set_private_state(event, {"_meta": {"extra_fields": sorted(extra)}, "_src": source})
+    elif source is not None:
+        set_private_state(event, {"_src": source})
     return event
 
 
 def parse_record(record: KafkaRecord, model: Optional[Type[EventModel]] = None,
                  contracts: Mapping[str, Type[EventModel]] = CONTRACTS, **limits) -> EventModel:
-    """parse_event with the model chosen by the record's topic when `model` is None."""
+    """parse_event with the model chosen by the record's topic when `model` is None; the event carries
+    the record's (topic, partition, offset) as its source."""
     if model is None:
         model = contracts.get(record.topic)
         if model is None:
             raise EventError(ErrorKind.UNKNOWN_TOPIC, f"no contract for topic {record.topic!r}")
-    return parse_event(record.value, model, **limits)
+    return parse_event(record.value, model, source=(record.topic, record.partition, record.offset), **limits)
 
 
 class _ParseEventFn(beam.DoFn):
