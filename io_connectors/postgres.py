@@ -43,7 +43,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from io_connectors.retry import with_retries
 from io_connectors.settings import PostgresSettings
-from transforms.dead_letters import DeadLetter, ErrorKind, Tags
+from transforms.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
 
 log = logging.getLogger(__name__)
 
@@ -347,9 +347,9 @@ class _UpsertFn(beam.DoFn):
         for row, reason in refused:
             self._dead.inc()
             ts = ts_of.get(id(row), window.max_timestamp())
-            dl = DeadLetter.of(json.dumps(row, default=_json_default, sort_keys=True).encode(), step=self._step,
-                               error_class=ErrorKind.SINK_PERMANENT.value, error_message=reason,
-                               topic=self._source_topic, event_time_ms=int(ts.micros // 1000))
+            dl = DeadLetter.of(json.dumps(without_source(row), default=_json_default, sort_keys=True).encode(),
+                               step=self._step, error_class=ErrorKind.SINK_PERMANENT.value, error_message=reason,
+                               topic=self._source_topic, source=source_of(row), event_time_ms=int(ts.micros // 1000))
             yield beam.pvalue.TaggedOutput(Tags.DEAD_LETTER.value, WindowedValue(dl, ts, [window]))
 
 

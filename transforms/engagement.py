@@ -16,10 +16,10 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tu
 
 import apache_beam as beam
 
+from transforms.dead_letters import source_of
 from transforms.keyed_totals import Aggregate, KeyedTotals
 from transforms.rows import frontend_event_id
 from transforms.scoring import FUNNEL, Scored
-from transforms.windows import source_of
 
 ENGAGEMENT_COLUMNS = ("session_id", "user_id", "events", "duration_ms", "furthest_stage", "started_at", "ended_at",
                       "is_final", "pane_version", "updated_at")

@@ -43,6 +43,7 @@ class TurnWorkload:
     malformed_rate: float = 0.05
     max_disorder_ms: int = 120_000
     run_id: str = "run"
+    turn_prefix: str = "t"  # a second workload over the same sessions (their later activity) uses another
     records: List[ProducedRecord] = field(default_factory=list)
     expected: Dict[Tuple[str, str], dict] = field(default_factory=dict)
 
@@ -52,7 +53,7 @@ class TurnWorkload:
             "schema_version": 1,
             "event_type": "text_agent.turn_completed",
             "session_id": f"{self.run_id}-s{session:04d}",
-            "turn_id": f"t{seq:04d}",
+            "turn_id": f"{self.turn_prefix}{seq:04d}",
             "user_id": f"user-{session % 37:03d}",
             "account_id": f"acct-{session % self.accounts:02d}",
             "channel": rng.choice(CHANNELS),

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 
+from transforms.dead_letters import source_of
 from transforms.keyed_totals import Aggregate, KeyedTotals
 
 HOUR_S = 3600
@@ -39,12 +40,6 @@ class Activity(NamedTuple):
     latency_ms: float = 0.0
     cost_usd: float = 0.0
     source: Optional[Source] = None  # where it came from, for its dead letter if it arrives too late
-
-
-def source_of(event) -> Optional[Source]:
-    """The Kafka position an event was read from, when validation recorded it."""
-    src = getattr(event, "source", None)
-    return src() if callable(src) else None
 
 
 def turn_activity(turn, cost_usd: float = 0.0) -> Activity:

@@ -55,7 +55,8 @@ def cleanup(pg_conn, run_id):
 
 
 def _dead_summary(d):
-    return (d.error_message.split(":")[0], d.step, d.source_topic, d.error_class, '"tokens_in": "many"' in d.payload)
+    return (d.error_message.split(":")[0], d.step, d.source_topic, d.error_class, '"tokens_in": "many"' in d.payload,
+            d.source_partition, d.source_offset, "_source" in d.payload)
 
 
 def run_write(rows, expected_dead=(), window_s=None, expected_windows=None, **kw):
@@ -105,10 +106,11 @@ def test_permanent_errors_become_dead_letters_and_the_rest_is_written(pg_conn, r
     rows = [turn(run_id, i) for i in range(30)]
     rows[7] = turn(run_id, 7, session_id=f"{run_id}-" + "x" * 120)   # varchar(100): 22001
     rows[19] = turn(run_id, 19, tokens_in="many")                      # not an integer: 22P02
+    rows[19]["_source"] = ("text.agent.turn.completed", 4, 1234)       # as KeepSource adds it: the position
     step, topic, kind = "WriteToPostgres[agent_turns]", "text.agent.turn.completed", "sink_permanent_error"
     run_write(rows, batch_size=500, window_s=10, expected_windows=[(7000, 0), (19000, 10000)], expected_dead=[
-        ("InvalidTextRepresentation [22P02]", step, topic, kind, True),
-        ("StringDataRightTruncation [22001]", step, topic, kind, False)])
+        ("InvalidTextRepresentation [22P02]", step, topic, kind, True, 4, 1234, False),
+        ("StringDataRightTruncation [22001]", step, topic, kind, False, None, None, False)])
     assert len(snapshot(pg_conn, run_id)) == 28
 
 
