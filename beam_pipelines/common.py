@@ -43,7 +43,12 @@ def write_dead_letters(opts, dead_letters: List[beam.PCollection], topics: Seque
 
 
 def run_pipeline(build, argv, name: str, doc: str, topics: Sequence[str], wait: bool = True):
-    """Parse options, build the graph, position the consumer group on `topics` if asked, and submit."""
+    """Parse options, build the graph, position the consumer group on `topics` if asked, submit and watch.
+
+    wait=True: the launcher watches the job as the options say (until it ends; with --no_wait_until_finish
+    until it is healthy) and raises launcher.JobFailed when it fails or keeps restarting. wait=False:
+    return once the job is submitted (the caller watches it). Returns the PipelineResult."""
+    from beam_pipelines.launcher import launch
     from beam_pipelines.options import finalize_options
 
     opts = finalize_options(argv, name, doc)
@@ -55,7 +60,35 @@ def run_pipeline(build, argv, name: str, doc: str, topics: Sequence[str], wait: 
                                          src.start_read_time_ms)
     if positioned:
         logging.info("consumer group %s positioned: %s", src.consumer_group, positioned)
-    result = p.run()
-    if wait:
-        result.wait_until_finish()
-    return result
+    return launch(p, opts, wait)
+
+
+def main(module_name: str) -> None:
+    """`python -m <module_name>`: run the module imported under its real name; exit 1 when its job fails.
+
+    Run as `__main__`, a module's functions and lambdas are pickled by value without their globals, and fail
+    on the workers (NameError); imported under its name, they are pickled by reference to a module the
+    workers import. The PipelineOptions classes of the `__main__` copy are muted: the real module declares
+    the same flags, and argparse rejects a flag declared twice."""
+    import importlib
+    import sys
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipelines.launcher import JobFailed, quiet_warnings
+
+    quiet_warnings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its INFO is type-hint and staging chatter
+    for obj in list(vars(sys.modules["__main__"]).values()):
+        if isinstance(obj, type) and issubclass(obj, PipelineOptions) and obj.__module__ == "__main__":
+            obj._add_argparse_args = classmethod(lambda cls, parser: None)
+    module = importlib.import_module(module_name)
+    try:
+        module.run(sys.argv[1:])
+    except JobFailed as e:
+        print(f"\nFAILED: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)

@@ -103,5 +103,6 @@ def run(argv: Optional[List[str]] = None, wait: bool = True):
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
-    run(sys.argv[1:])
+    from beam_pipelines.common import main
+
+    main("beam_pipelines.kpi")  # imported under its name, so that workers can unpickle its functions

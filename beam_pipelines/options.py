@@ -101,34 +101,96 @@ def _has_flag(argv: List[str], name: str) -> bool:
     return any(a == name or a.startswith(name + "=") for a in argv)
 
 
-def print_help(pipeline: str, description: str) -> None:
-    """--help: every option of every PipelineOptions class (ours and Beam's), with its help text."""
-    import argparse
+# Beam's own options that matter on Flink, with help for this project (Beam's speaks of Dataflow).
+_RUNNER_FLAGS = (
+    ("--runner", "FlinkRunner (the default), PortableRunner, or DirectRunner for a run in this process."),
+    ("--flink_master", "host:port of the Flink cluster's REST API, e.g. localhost:8081 (default: the job "
+                       "server's cluster)."),
+    ("--job_endpoint", "host:port of the Beam job server (default: $BEAM_JOB_ENDPOINT, the local stack's "
+                       "localhost:8099)."),
+    ("--environment_type", "Where the Python workers run (default: EXTERNAL, the worker pool)."),
+    ("--environment_config", "host:port of the worker pool (default: $BEAM_WORKER_POOL, localhost:50000)."),
+    ("--parallelism", "Parallelism of every step on Flink (default: 2)."),
+    ("--max_parallelism", "Most parallelism the job can be rescaled to (key groups of keyed state)."),
+    ("--job_name", "Flink job name (default: iheardai-<pipeline>); the launcher and flink-deploy/flinkctl.py "
+                   "find the job by it."),
+)
+_WAIT_FLAG = ("--no_wait_until_finish", "Return once the job is RUNNING and healthy (--health_period_seconds) "
+                                        "instead of waiting until it ends; the job keeps running.")
 
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
 
-    parser = _BeamArgumentParser(prog=f"python -m beam_pipelines.{pipeline}", description=description,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    seen, stack = set(), list(PipelineOptions.__subclasses__())
+def _option_classes() -> List[type]:
+    """Every PipelineOptions class loaded, subclasses of subclasses included, in declaration order."""
+    seen: List[type] = []
+    stack = list(PipelineOptions.__subclasses__())
     while stack:
         cls = stack.pop(0)
-        if cls in seen:
-            continue
-        seen.add(cls)
-        stack.extend(cls.__subclasses__())
-        group = parser.add_argument_group(cls.__name__)
+        if cls not in seen:
+            seen.append(cls)
+            stack.extend(cls.__subclasses__())
+    return seen
+
+
+def _add_group(parser, title: str, classes=(), flags=()) -> None:
+    import argparse
+
+    group = parser.add_argument_group(title)
+    for flag, text in flags:
+        group.add_argument(flag, help=text, action="store_true" if flag == _WAIT_FLAG[0] else "store")
+    for cls in classes:
         try:
             cls._add_argparse_args(group)
         except argparse.ArgumentError:
             pass  # an option declared by two classes is listed once
+
+
+def print_help(pipeline: str, description: str, every_option: bool = False) -> None:
+    """--help: the pipeline's own options, grouped, then the Flink and launcher essentials.
+    --help_all (every_option): every option of every PipelineOptions class, Beam's included."""
+    import argparse
+    import sys
+
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    from beam_pipelines.launcher import LauncherOptions
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    prog = f"python -m {spec.name if spec else 'beam_pipelines.' + pipeline}"
+    parser = _BeamArgumentParser(
+        prog=prog, description=description,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=44, width=110),
+        allow_abbrev=False, add_help=False, usage=f"{prog} [--option=value ...]",
+        epilog="Connections (Kafka, Postgres, Redis, Spaces) and secrets come from the environment, never from "
+               "flags: see README.md.\n" + ("" if every_option else
+                                             "--help_all lists every option Beam declares (Dataflow, Google "
+                                             "Cloud, Azure, ...: hundreds of lines)."))
+    parser.add_argument("-h", "--help", action="store_true", help="This list.")
+    parser.add_argument("--help_all", action="store_true", help="Every option, Beam's included.")
+    classes = _option_classes()
+    if every_option:
+        for cls in classes:
+            _add_group(parser, cls.__name__, [cls])
+        parser.print_help()
+        return
+    titled = {KafkaSourceOptions: "Kafka source", WindowOptions: "Windows", SinkOptions: "Sinks",
+              TransformOptions: "Transforms"}
+    for cls, title in titled.items():
+        _add_group(parser, title, [cls])
+    ours = [c for c in classes if not c.__module__.startswith("apache_beam.")
+            and c not in titled and c not in (FlinkCheckpointOptions, LauncherOptions)]
+    for cls in ours:  # a pipeline's own options (archive: --archive_prefix)
+        _add_group(parser, cls.__name__[:-len("Options")] if cls.__name__.endswith("Options") else cls.__name__,
+                   [cls])
+    _add_group(parser, "Flink runner", [FlinkCheckpointOptions], _RUNNER_FLAGS)
+    _add_group(parser, "Launcher (see beam_pipelines/launcher.py)", [LauncherOptions], [_WAIT_FLAG])
     parser.print_help()
 
 
 def finalize_options(argv: Optional[List[str]], pipeline: str, description: str = "") -> PipelineOptions:
     """Parse argv and fill local-stack defaults for the Flink runner and the Kafka source."""
     argv = list(argv or [])
-    if "--help" in argv or "-h" in argv:
-        print_help(pipeline, description)
+    if "--help" in argv or "-h" in argv or "--help_all" in argv:
+        print_help(pipeline, description, every_option="--help_all" in argv)
         raise SystemExit(0)
     if not _has_flag(argv, "--runner"):
         argv.append("--runner=FlinkRunner")
@@ -148,6 +210,12 @@ def finalize_options(argv: Optional[List[str]], pipeline: str, description: str 
             ckpt.checkpointing_interval = 10_000
         if not _has_flag(argv, "--parallelism"):
             flink.parallelism = 2
+        from apache_beam.options.pipeline_options import GoogleCloudOptions  # declares --job_name
+
+        gcp = opts.view_as(GoogleCloudOptions)
+        if not gcp.job_name:
+            gcp.job_name = f"iheardai-{pipeline}"  # how the launcher and flink-deploy/flinkctl.py find the job
+    _check_launcher_options(opts)
     src = opts.view_as(KafkaSourceOptions)
     if not src.consumer_group:
         src.consumer_group = f"iheardai-{pipeline}"
@@ -162,6 +230,16 @@ def finalize_options(argv: Optional[List[str]], pipeline: str, description: str 
         raise ValueError("window options: gaps, firing delays and shards must be positive, lateness >= 0")
     _export_local_secrets()
     return opts
+
+
+def _check_launcher_options(opts: PipelineOptions) -> None:
+    from beam_pipelines.launcher import LauncherOptions
+
+    launch = opts.view_as(LauncherOptions)
+    if launch.max_restarts < 0 or launch.health_period_seconds < 0 or min(
+            launch.restart_window_seconds, launch.startup_timeout_seconds) <= 0:
+        raise ValueError("launcher options: --max_restarts and --health_period_seconds must be >= 0, "
+                         "--restart_window_seconds and --startup_timeout_seconds positive")
 
 
 def _export_local_secrets() -> None:
