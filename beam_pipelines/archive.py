@@ -18,8 +18,6 @@ An hour's files are written when the watermark passes the end of the hour; late 
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam

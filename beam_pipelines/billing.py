@@ -14,8 +14,6 @@ the largest revision per key. `--help` lists every option.
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from typing import List, Optional, Tuple
 
 import apache_beam as beam
@@ -29,7 +27,8 @@ from io_connectors.settings import KafkaSettings
 from transforms.contracts import BillingUsageMetered
 from transforms.scoring import ScoreAgentTurns
 from transforms.validation import validated
-from transforms.windows import BILLING_COLUMNS, HOUR_S, HourlyUsagePerAccount, tool_activity, turn_activity
+from transforms.dead_letters import Tags
+from transforms.windows import BILLING_COLUMNS, HOUR_S, HourlyUsagePerAccount, scored_turn_activity, tool_activity
 
 TOPICS = (topics.TURNS, topics.TOOLS)
 
@@ -53,12 +52,13 @@ def build(p: beam.Pipeline, opts) -> None:
     dead_letters = [dead]
     scored, d = validated(events[topics.TURNS] | "PriceTurns" >> ScoreAgentTurns(xf.price_table_file))
     dead_letters.append(d)
-    usage = ((scored | "TurnUsage" >> beam.Map(lambda s: turn_activity(s.event,
-                                                                       s.scores.get("estimated_cost_usd") or 0)),
-              events[topics.TOOLS] | "ToolUsage" >> beam.Map(tool_activity))
-             | "MergeUsage" >> beam.Flatten()
-             | "HourlyUsagePerAccount" >> HourlyUsagePerAccount(win.billing_allowed_lateness_seconds,
-                                                                win.early_firing_seconds))
+    hourly = ((scored | "TurnUsage" >> beam.Map(scored_turn_activity),
+               events[topics.TOOLS] | "ToolUsage" >> beam.Map(tool_activity))
+              | "MergeUsage" >> beam.Flatten()
+              | "HourlyUsagePerAccount" >> HourlyUsagePerAccount(win.billing_allowed_lateness_seconds,
+                                                                 win.early_firing_seconds))
+    dead_letters.append(hourly[Tags.DEAD_LETTER.value])  # usage later than the allowed lateness
+    usage = hourly.rows
     dead_letters.append(usage | "UpsertBillingUsage" >> WriteToPostgres(
         "billing_usage", ("account_id", "hour_start"), BILLING_COLUMNS, version_column="revision",
         batch_size=sink.pg_batch_size, max_attempts=sink.pg_max_attempts, source_topic=topics.TURNS))

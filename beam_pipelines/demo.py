@@ -84,8 +84,6 @@ def main(argv=None) -> int:
     from sql.migrate import apply
 
     apply()
-    import importlib
-
     from io_connectors import topics
     from io_connectors.settings import KafkaSettings, get
     from transforms.generator import MixedWorkload, TurnWorkload, produce
@@ -95,13 +93,24 @@ def main(argv=None) -> int:
     now = int(time.time() * 1000)
     start = (now // 3_600_000 - 1) * 3_600_000 - 20 * 60_000  # sessions cross an hour boundary
     t0 = time.monotonic()
-    for name in PIPELINES:
-        importlib.import_module(f"beam_pipelines.{name}").run(
-            [f"--job_name={PREFIX}{name}", f"--consumer_group={PREFIX}{name}", "--start_from=latest",
-             "--parallelism=1", "--archive_late_firing_delay_seconds=10"], wait=False)
-        print(f"submitted {name}")
-    while len(_demo_jobs()) < len(PIPELINES) and time.monotonic() - t0 < 180:
-        time.sleep(1)
+    # Each pipeline starts the way the README starts it: `python -m beam_pipelines.<name> --runner=FlinkRunner`,
+    # here with --no_wait_until_finish (the command returns once its job is RUNNING and healthy, or fails with
+    # the job's root cause). All five at once.
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner", "--no_wait_until_finish",
+         f"--job_name={PREFIX}{name}", f"--consumer_group={PREFIX}{name}", "--start_from=latest",
+         "--parallelism=1", "--health_period_seconds=15", "--archive_late_firing_delay_seconds=10"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in PIPELINES}
+    failed = []
+    for name, proc in procs.items():
+        out, _ = proc.communicate()
+        if proc.returncode == 0:
+            print(f"started {name}: {out.strip().splitlines()[-1] if out.strip() else 'RUNNING'}")
+        else:
+            failed.append(name)
+            print(f"{name} did not start (exit {proc.returncode}):\n{out[-3000:]}", file=sys.stderr)
+    if failed:
+        return 1
     # --start_from=latest committed the groups' end offsets at submission: everything produced now is read.
 
     bootstrap = KafkaSettings.from_env().bootstrap_servers
@@ -127,7 +136,7 @@ def main(argv=None) -> int:
         if got and got[0][0] >= len(turns.expected):
             break
         time.sleep(2)
-    time.sleep(10)  # early panes of the windowed tables
+    time.sleep(10)  # early rows of the session and hourly totals
 
     def one(sql, *a):
         rows = _query(sql, a)
@@ -138,7 +147,7 @@ def main(argv=None) -> int:
     print(f"  Postgres agent_turns:        {one('SELECT count(*) FROM agent_turns WHERE session_id LIKE %s', like)}"
           f" rows (expected {len(turns.expected)} distinct turns; scored, PII redacted)")
     print(f"  Postgres session_kpis:       {one('SELECT count(*) FROM session_kpis WHERE session_id LIKE %s', like)}"
-          " sessions (early panes now, a final pane when each session closes)")
+          " sessions (totals of each whole session: updated within seconds, final once inactive)")
     print(f"  Postgres frontend_analytics: "
           f"{one('SELECT count(*) FROM frontend_analytics WHERE session_id LIKE %s', like)} events")
     print(f"  Postgres billing_usage:      {one('SELECT count(*) FROM billing_usage WHERE updated_at > now() - interval %s', '10 minutes')}"

@@ -14,8 +14,6 @@ Duplicates count once. Bad records go to `<topic>.dlq` with the reason; the job 
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import List, Optional
 
 import apache_beam as beam
@@ -24,8 +22,9 @@ from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_le
 from beam_pipelines.options import SinkOptions, TransformOptions, WindowOptions
 from io_connectors import topics
 from io_connectors.postgres import WriteToPostgres
-from transforms.dead_letters import KeepSource
-from transforms.engagement import ENGAGEMENT_COLUMNS, ENGAGEMENT_KEYS, SessionEngagement, engagement_event
+from transforms.dead_letters import KeepSource, Tags
+from transforms.engagement import (ENGAGEMENT_COLUMNS, ENGAGEMENT_KEYS, ENGAGEMENT_MERGE, SessionEngagement,
+                                   engagement_event)
 from transforms.pii import PiiPolicy, RedactPii
 from transforms.rows import FRONTEND_COLUMNS, FRONTEND_JSON, FRONTEND_KEYS, frontend_to_row
 from transforms.scoring import EnrichFrontendEvents
@@ -76,16 +75,18 @@ def build(p: beam.Pipeline, opts) -> None:
         enriched.append(scored)
 
     # Sink failures of engagement rows have no single source topic: they go to the first topic's DLQ.
-    dead_letters.append(tuple(enriched)
-                        | "MergeFrontendEvents" >> beam.Flatten()
-                        | "ToEngagementEvent" >> beam.Map(engagement_event)
-                        | "SessionEngagement" >> SessionEngagement(win.session_gap_seconds,
-                                                                   win.allowed_lateness_seconds,
-                                                                   win.early_firing_seconds)
+    engagement = (tuple(enriched)
+                  | "MergeFrontendEvents" >> beam.Flatten()
+                  | "ToEngagementEvent" >> beam.Map(engagement_event)
+                  | "SessionEngagement" >> SessionEngagement(win.session_gap_seconds, win.allowed_lateness_seconds,
+                                                             win.early_firing_seconds))
+    dead_letters.append(engagement[Tags.DEAD_LETTER.value])  # events later than the allowed lateness
+    dead_letters.append(engagement.rows
                         | "UpsertSessionEngagement" >> WriteToPostgres(
                             "frontend_session_engagement", ENGAGEMENT_KEYS, ENGAGEMENT_COLUMNS,
                             version_column="pane_version", batch_size=sink.pg_batch_size,
-                            max_attempts=sink.pg_max_attempts, source_topic=topics.FRONTEND_INTERACTION))
+                            max_attempts=sink.pg_max_attempts, source_topic=topics.FRONTEND_INTERACTION,
+                            merge_sql=ENGAGEMENT_MERGE))
     write_dead_letters(opts, dead_letters, TOPICS)
 
 

@@ -5,16 +5,15 @@ the Redis hot session state.
 
 Turns are validated, PII-redacted, scored and upserted on (session_id, turn_id) (newer ts_ms wins); each turn
 updates `session:{id}:state` / `:metrics` in Redis (an older event never overwrites newer state). Turns and
-tool calls are sessionized per session_id (gap `--session_gap_seconds`) into `session_kpis`, with early panes
-every `--early_firing_seconds`, a final pane when the session closes, and late corrections within
-`--allowed_lateness_seconds` that update the row. Bad records go to `<topic>.dlq` with the reason; the job
-never fails on bad input. `--help` lists every option.
+tool calls are totalled per session_id over the session's whole life into `session_kpis` (keyed state with
+timers): updated every `--early_firing_seconds`, final once the session has been inactive for
+`--session_gap_seconds` + `--allowed_lateness_seconds`, corrected by late activity within the lateness
+(later activity is a dead letter); a session that pauses longer still adds up in one row. Bad records go
+to `<topic>.dlq` with the reason; the job never fails on bad input. `--help` lists every option.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import List, Optional
 
 import apache_beam as beam
@@ -29,7 +28,9 @@ from transforms.pii import RedactPii
 from transforms.scoring import ScoreAgentTurns
 from transforms.turns import AGENT_TURN_JSON, AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, turn_to_row
 from transforms.validation import validated
-from transforms.windows import SESSION_KPI_COLUMNS, SessionizeActivity, tool_activity, turn_activity
+from transforms.dead_letters import Tags
+from transforms.windows import (SESSION_KPI_COLUMNS, SESSION_KPI_MERGE, SessionizeActivity, scored_turn_activity,
+                               tool_activity)
 
 TOPICS = (topics.TURNS, topics.TOOLS, topics.SESSIONS)
 
@@ -84,17 +85,17 @@ def build(p: beam.Pipeline, opts) -> None:
         xf.pii_policy_file, topics.SESSIONS))
     dead_letters.append(d)
 
-    activity = ((scored | "TurnActivity" >> beam.Map(lambda s: turn_activity(s.event,
-                                                                             s.scores.get("estimated_cost_usd") or 0)),
+    activity = ((scored | "TurnActivity" >> beam.Map(scored_turn_activity),
                  tools | "ToolActivity" >> beam.Map(tool_activity))
                 | "MergeActivity" >> beam.Flatten())
-    dead_letters.append(activity
-                        | "SessionizeTurns" >> SessionizeActivity(win.session_gap_seconds, win.allowed_lateness_seconds,
-                                                                  win.early_firing_seconds)
+    sessions = activity | "SessionizeTurns" >> SessionizeActivity(
+        win.session_gap_seconds, win.allowed_lateness_seconds, win.early_firing_seconds)
+    dead_letters.append(sessions[Tags.DEAD_LETTER.value])  # activity later than the allowed lateness
+    dead_letters.append(sessions.rows
                         | "UpsertSessionKpis" >> WriteToPostgres(
                             "session_kpis", ("session_id",), SESSION_KPI_COLUMNS, version_column="pane_version",
                             batch_size=sink.pg_batch_size, max_attempts=sink.pg_max_attempts,
-                            source_topic=topics.TURNS))
+                            source_topic=topics.TURNS, merge_sql=SESSION_KPI_MERGE))
     write_dead_letters(opts, dead_letters, TOPICS)
 
 

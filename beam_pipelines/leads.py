@@ -10,8 +10,6 @@ lead. Bad records go to `marketo.leads.delta.dlq`. `--help` lists every option.
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import List, Optional
 
 import apache_beam as beam

@@ -257,5 +257,13 @@ def consumer_config(opts: PipelineOptions) -> dict:
     src = opts.view_as(KafkaSourceOptions)
     conf = settings.KafkaSettings.from_env().client_config()
     conf["group.id"] = src.consumer_group
-    conf["auto.offset.reset"] = "latest" if src.start_from == "latest" else "earliest"
+    # Offsets are committed only on completed checkpoints (commit_offset_in_finalize), never by the consumer
+    # itself: Beam's cross-language Kafka read replaces KafkaIO's defaults with this config, so without
+    # this line the Java consumer auto-commits every record it fetched, and a job that restarts before its
+    # first checkpoint (nothing to restore) resumes after records it never processed.
+    conf["enable.auto.commit"] = "false"
+    # A group without a committed offset reads from the start of the partition; --start_from=latest and
+    # --start_read_time_ms commit the group's positions before the job starts (run_pipeline), so a restart
+    # before the first checkpoint resumes there too, never from the topic end.
+    conf["auto.offset.reset"] = "earliest"
     return conf

@@ -13,3 +13,12 @@ def fresh_taskmanager(stack):
 
     restart_taskmanager()
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_pii_key(stack):
+    """Expected rows are computed here with the same key the pipelines use: the local stack's, which the
+    README's command reads from $DEVSTACK_HOME/devstack.env (as a pod reads its Secret)."""
+    from beam_pipelines.options import _export_local_secrets
+
+    _export_local_secrets()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from io_connectors import settings
 
@@ -94,35 +94,6 @@ def read_from(topic: str, bootstrap: str, start: Dict[int, int], idle_s: float =
         c.close()
 
 
-class running_pipeline:
-    """Submit a pipeline module to the Flink cluster, wait until Flink lists it RUNNING, cancel it on exit.
-
-    `start_ms`: the consumer group is positioned at the first record at/after it (`--start_read_time_ms`)."""
-
-    def __init__(self, module, run_id: str, start_ms: int, *extra_args: str):
-        self.module, self.job_name = module, f"e2e-{module.__name__.rsplit('.', 1)[-1]}-{run_id}"
-        self.args = [f"--job_name={self.job_name}", f"--consumer_group=e2e-{run_id}",
-                     f"--start_read_time_ms={start_ms}", "--parallelism=2", *extra_args]
-        self.result = None
-
-    def __enter__(self):
-        self.result = self.module.run(self.args, wait=False)
-        poll(lambda: any(j["state"] == "RUNNING" for j in jobs_by_name(self.job_name)), 120,
-             f"Flink to list {self.job_name} RUNNING")
-        return self
-
-    def assert_running(self):
-        assert any(j["state"] == "RUNNING" for j in jobs_by_name(self.job_name)), f"{self.job_name} not RUNNING"
-
-    def __exit__(self, *exc):
-        cancel_by_name(self.job_name)
-        try:
-            self.result.cancel()
-        except Exception:  # noqa: BLE001 - already cancelled through Flink's REST API
-            pass
-        return False
-
-
 def dead_letters_at(topic: str, bootstrap: str, start: Dict[int, int], positions) -> Dict:
     """DeadLetters in `<topic>.dlq` (from `start` offsets) whose source position is one of `positions`."""
     from io_connectors.topics import dlq_topic
@@ -147,3 +118,63 @@ def advance_watermarks(topic: str, bootstrap: str, ts_ms: int, run_id: str) -> i
         p.produce(topic, value=f'{{"heartbeat": "{run_id}"}}'.encode(), partition=part, timestamp=ts_ms)
     p.flush(30)
     return len(parts)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def python() -> str:
+    """The interpreter the README's commands use (.venv/bin/python), else this one."""
+    import sys
+
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+class readme_pipeline:
+    """Start a pipeline exactly as the README does, in a subprocess:
+
+        .venv/bin/python -m beam_pipelines.<name> --runner=FlinkRunner [--flink_master=localhost:8081] ...
+
+    with `--no_wait_until_finish`, so the command returns once the job is RUNNING and healthy (or fails with
+    its root cause). Cancels the job on exit."""
+
+    def __init__(self, name: str, run_id: str, start_ms: int, *extra_args: str, flink_master: bool = True,
+                 timeout_s: float = 240):
+        self.name, self.job_name = name, f"e2e-{name}-{run_id}"
+        self.cmd = [python(), "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner",
+                    *(["--flink_master=localhost:8081"] if flink_master else []),
+                    f"--job_name={self.job_name}", f"--consumer_group=e2e-{run_id}",
+                    f"--start_read_time_ms={start_ms}", "--parallelism=2", "--no_wait_until_finish", *extra_args]
+        self.timeout_s = timeout_s
+        self.output = ""
+
+    def __enter__(self):
+        import subprocess
+
+        proc = subprocess.run(self.cmd, cwd=str(REPO), capture_output=True, text=True, timeout=self.timeout_s)
+        self.output = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            cancel_by_name(self.job_name)
+            raise AssertionError(f"{' '.join(self.cmd[1:])} exited {proc.returncode}:\n{self.output[-4000:]}")
+        assert any(j["state"] == "RUNNING" for j in jobs_by_name(self.job_name)), self.output[-2000:]
+        return self
+
+    def assert_running(self):
+        jobs = [j for j in jobs_by_name(self.job_name) if j["state"] == "RUNNING"]
+        assert jobs, f"{self.job_name} not RUNNING"
+        # a job that restarted is not healthy, even if it is RUNNING again
+        for j in jobs:
+            exc = flink_get(f"/jobs/{j['jid']}/exceptions")
+            assert not exc.get("exceptionHistory", {}).get("entries"), f"{self.job_name} restarted: {exc}"
+
+    def __exit__(self, *exc):
+        cancel_by_name(self.job_name)
+        return False
+
+
+class running_pipeline(readme_pipeline):
+    """readme_pipeline for a pipeline module (`beam_pipelines.billing` -> `python -m beam_pipelines.billing`)."""
+
+    def __init__(self, module, run_id: str, start_ms: int, *extra_args: str, flink_master: bool = True):
+        super().__init__(module.__name__.rsplit(".", 1)[-1], run_id, start_ms, *extra_args, flink_master=flink_master)

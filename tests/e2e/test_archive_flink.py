@@ -18,7 +18,7 @@ import pytest
 
 from io_connectors import topics
 from io_connectors.parquet_archive import s3_client
-from tests.e2e.flink_helpers import cancel_by_name, end_offsets, jobs_by_name, poll, produce_with_offsets, read_from
+from tests.e2e.flink_helpers import end_offsets, poll, produce_with_offsets, read_from, readme_pipeline
 from transforms.dead_letters import DeadLetter
 from transforms.generator import MixedWorkload, ProducedRecord, TurnWorkload
 
@@ -76,8 +76,6 @@ def hour_of(ts_ms: int) -> Tuple[str, str]:
 
 
 def test_archive_every_topic_hourly_raw_payloads_round_trip(stack, kafka_settings, spaces_settings, run_id):
-    from beam_pipelines import archive
-
     bootstrap = kafka_settings.bootstrap_servers
     now_ms = int(time.time() * 1000)
     this_hour = now_ms - now_ms % HOUR_MS
@@ -97,13 +95,11 @@ def test_archive_every_topic_hourly_raw_payloads_round_trip(stack, kafka_setting
     assert all(len(c) == 2 for c in want_per_hour.values()), "every topic must span two hours"
 
     prefix = f"tests/{run_id}/"
-    job_name = f"e2e-archive-{run_id}"
     first_ts = min(r.timestamp_ms for _, r in events)
-    result = archive.run([f"--job_name={job_name}", f"--consumer_group=e2e-{run_id}",
-                          f"--start_read_time_ms={first_ts - 1}", "--parallelism=2", f"--archive_prefix={prefix}",
-                          "--archive_late_firing_delay_seconds=1", "--archive_allowed_lateness_seconds=86400"],
-                         wait=False)
+    job = readme_pipeline("archive", run_id, first_ts - 1, f"--archive_prefix={prefix}",
+                          "--archive_late_firing_delay_seconds=1", "--archive_allowed_lateness_seconds=86400")
     try:
+        job.__enter__()
         def mine(topic: str) -> List[dict]:
             table = scan(spaces_settings, prefix, topic)
             return [r for r in table.to_pylist() if (r["partition"], r["offset"]) in expected[topic]]
@@ -151,13 +147,9 @@ def test_archive_every_topic_hourly_raw_payloads_round_trip(stack, kafka_setting
                             if (dl.source_partition, dl.source_offset) in expected[topic]
                             and dl.step.startswith(("WriteHourlyParquet", "SplitByTopic"))]
             assert not archive_dead, archive_dead[:1]
-        assert any(j["state"] == "RUNNING" for j in jobs_by_name(job_name))
+        job.assert_running()
     finally:
-        cancel_by_name(job_name)
-        try:
-            result.cancel()
-        except Exception:  # noqa: BLE001 - already cancelled through Flink
-            pass
+        job.__exit__(None, None, None)
         c = s3_client(spaces_settings)
         for o in c.list_objects_v2(Bucket=spaces_settings.bucket, Prefix=prefix).get("Contents", []):
             c.delete_object(Bucket=spaces_settings.bucket, Key=o["Key"])

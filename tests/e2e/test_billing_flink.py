@@ -72,7 +72,8 @@ def test_billing_usage_per_account_hour_is_exact(stack, pg_conn, kafka_settings,
     for topic in (topics.TURNS, topics.TOOLS):  # both hours close: final panes
         advance_watermarks(topic, bootstrap, hour + 2 * HOUR_MS + 60_000, run_id)
 
-    with running_pipeline(billing, run_id, first, "--early_firing_seconds=2") as job:
+    # the README's command without --flink_master: the job server's own cluster (the local one)
+    with running_pipeline(billing, run_id, first, "--early_firing_seconds=2", flink_master=False) as job:
         def rows():
             with pg_conn.cursor() as cur:
                 cur.execute("SELECT account_id, (extract(epoch from hour_start) * 1000)::bigint, turns, tokens_in, "

@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from io_connectors import topics
-from tests.e2e.flink_helpers import cancel_by_name, end_offsets, jobs_by_name, poll, produce_with_offsets, read_from
+from tests.e2e.flink_helpers import end_offsets, poll, produce_with_offsets, read_from, readme_pipeline
 from transforms.contracts import CONTRACTS
 from transforms.dead_letters import DeadLetter
 from transforms.engagement import engagement_event, summarize
@@ -60,8 +60,6 @@ def _produce_one_per_partition(records: List[ProducedRecord], topic: str, bootst
 
 
 def test_frontend_events_land_exactly_once_with_session_engagement_and_dlq(stack, pg_conn, kafka_settings, run_id):
-    from beam_pipelines import frontend
-
     bootstrap = kafka_settings.bootstrap_servers
     start_ms = int(time.time() * 1000) - 3_600_000
     workloads = {
@@ -89,13 +87,10 @@ def test_frontend_events_land_exactly_once_with_session_engagement_and_dlq(stack
     assert kinds == {"valid", "duplicate", "malformed"}
     first_ts = min(r.timestamp_ms for recs in produced.values() for r in recs)
 
-    job_name = f"e2e-frontend-{run_id}"
-    result = frontend.run([f"--job_name={job_name}", f"--consumer_group=e2e-{run_id}",
-                           f"--session_gap_seconds={GAP_S}", "--early_firing_seconds=2",
-                           f"--start_read_time_ms={first_ts - 1}", "--parallelism=2"], wait=False)
-    try:
-        # Expected values: the pure functions the pipeline applies (validate, redact, enrich, build the row);
-        # computed while the job starts (submission also exposes the local stack's PII key to this process).
+    # final rows once a session is inactive for gap + lateness (the data is an hour old: soon after catching up)
+    with readme_pipeline("frontend", run_id, first_ts - 1, f"--session_gap_seconds={GAP_S}",
+                         "--allowed_lateness_seconds=600", "--early_firing_seconds=2") as job:
+        # Expected values: the pure functions the pipeline applies (validate, redact, enrich, build the row).
         redactor = Redactor(PiiPolicy.load(), load_hmac_key())
         want_rows: Dict[str, dict] = {}
         by_session = defaultdict(dict)
@@ -115,8 +110,6 @@ def test_frontend_events_land_exactly_once_with_session_engagement_and_dlq(stack
             want_engagement[sid] = (s["user_id"], s["events"], s["duration_ms"], s["furthest_stage"],
                                     s["first_ms"], s["last_ms"], True, row_version(s["last_ms"], s["events"], True))
         assert len(want_rows) == sum(sizes.values()) + sum(partitions[t] for t in workloads)
-
-        poll(lambda: any(j["state"] == "RUNNING" for j in jobs_by_name(job_name)), 60, "Flink to list the job RUNNING")
 
         cols = ", ".join(f'"{c}"' for c in FRONTEND_COLUMNS)
 
@@ -174,10 +167,4 @@ def test_frontend_events_land_exactly_once_with_session_engagement_and_dlq(stack
                 assert dl.step and dl.error_message
                 assert dl.raw_payload() == by_pos[pos].value  # the original payload, byte for byte
 
-        assert any(j["state"] == "RUNNING" for j in jobs_by_name(job_name))
-    finally:
-        cancel_by_name(job_name)
-        try:
-            result.cancel()
-        except Exception:  # noqa: BLE001 - already cancelled through Flink
-            pass
+        job.assert_running()

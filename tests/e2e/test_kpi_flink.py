@@ -1,56 +1,83 @@
-"""End to end on the real Flink cluster: turns produced to the real broker land exactly once in Postgres
-(redacted and scored), in Redis hot state and in session KPIs; malformed ones in the DLQ topic with a reason;
-the job is listed RUNNING by Flink's REST API."""
+"""End to end on the real Flink cluster, started with the README's command in a subprocess: turns produced to
+the real broker land exactly once in Postgres (redacted and scored) and in Redis hot state; session KPIs hold
+the whole session's totals although every session pauses for hours; malformed records of each of the three
+topics land in that topic's DLQ with their partition and offset; the job runs without restarts."""
 
 from __future__ import annotations
 
-import json
 import time
+from datetime import datetime, timezone
 
 import pytest
 
 from io_connectors import topics
-from tests.e2e.flink_helpers import (cancel_by_name, end_offsets, jobs_by_name, poll, produce_with_offsets,
-                                     read_from)
+from tests.e2e.flink_helpers import dead_letters_at, end_offsets, poll, produce_with_offsets, readme_pipeline
 import redis
 
 from transforms.contracts import AgentTurnCompleted
-from transforms.dead_letters import DeadLetter
-from transforms.generator import TurnWorkload
+from transforms.generator import SessionWorkload, ToolWorkload, TurnWorkload
 from transforms.pii import PiiPolicy, Redactor, load_hmac_key
 from transforms.scoring import PriceTable, Scored, score_turn
 from transforms.turns import turn_to_row
 
 pytestmark = pytest.mark.e2e
+HOUR_MS = 3_600_000
 
 
-def test_kpi_turns_land_exactly_once_and_bad_records_go_to_dlq(stack, pg_conn, kafka_settings, redis_settings,
-                                                                run_id):
-    from beam_pipelines import kpi
+def _session_totals(turns, tools):
+    """Hand-computed session_kpis of distinct valid turns and tool calls: the whole session_id."""
+    want = {}
+    for t in turns:
+        w = want.setdefault(t["session_id"], {"turns": 0, "tokens_in": 0, "tokens_out": 0, "latency": 0.0,
+                                              "tools": 0, "first": t["timestamp"], "last": t["timestamp"]})
+        w["turns"] += 1
+        w["tokens_in"] += t["tokens_in"]
+        w["tokens_out"] += t["tokens_out"]
+        w["latency"] += t["latency_ms"]
+        w["first"], w["last"] = min(w["first"], t["timestamp"]), max(w["last"], t["timestamp"])
+    for c in tools:
+        w = want.setdefault(c["session_id"], {"turns": 0, "tokens_in": 0, "tokens_out": 0, "latency": 0.0,
+                                              "tools": 0, "first": c["timestamp"], "last": c["timestamp"]})
+        w["tools"] += 1
+        w["first"], w["last"] = min(w["first"], c["timestamp"]), max(w["last"], c["timestamp"])
+    utc = lambda ms: datetime.fromtimestamp(ms / 1000, tz=timezone.utc)  # noqa: E731
+    return {sid: (w["turns"], w["tokens_in"], w["tokens_out"], w["tools"],
+                  round(w["latency"] / w["turns"], 3) if w["turns"] else None, utc(w["first"]), utc(w["last"]))
+            for sid, w in want.items()}
 
+
+def test_kpi_readme_command_lands_turns_whole_sessions_and_dead_letters_per_topic(
+        stack, pg_conn, kafka_settings, redis_settings, run_id):
     bootstrap = kafka_settings.bootstrap_servers
     now_ms = int(time.time() * 1000)
-    work = TurnWorkload(seed=42, run_id=run_id, start_ms=now_ms - 3_600_000, sessions=60).generate(1000)
-    kinds = {r.kind for r in work.records}
-    assert kinds == {"valid", "duplicate", "malformed"} and work.malformed_count >= 20
-    assert any(a.timestamp_ms > b.timestamp_ms for a, b in zip(work.records, work.records[1:])), "no disorder"
+    # Every session talks twice, three hours apart (far longer than gap + lateness = 20 min): its state
+    # closes in between, and its row must still be the whole session.
+    early = TurnWorkload(seed=42, run_id=run_id, start_ms=now_ms - 4 * HOUR_MS, sessions=30).generate(400)
+    later = TurnWorkload(seed=43, run_id=run_id, start_ms=now_ms - HOUR_MS, sessions=30,
+                         turn_prefix="r").generate(200)
+    tools = ToolWorkload(seed=5, run_id=run_id, start_ms=now_ms - 4 * HOUR_MS + 60_000, sessions=30,
+                         malformed_rate=0.08).generate(120)
+    updates = SessionWorkload(seed=6, run_id=run_id, start_ms=now_ms - 4 * HOUR_MS, sessions=30,
+                              malformed_rate=0.15).generate(60)
+    expected = {**early.expected, **later.expected}
+    assert len(expected) == 600 and early.malformed_count >= 10
+    paused = {sid for sid, _ in early.expected} & {sid for sid, _ in later.expected}
+    assert len(paused) >= 25, "most sessions must pause for hours"
 
-    dlq_start = end_offsets(topics.dlq_topic(topics.TURNS), bootstrap)
-    positions = produce_with_offsets(work.records, topics.TURNS, bootstrap)
-    first_ts = min(r.timestamp_ms for r in work.records)
+    dlq_start = {t: end_offsets(topics.dlq_topic(t), bootstrap) for t in (topics.TURNS, topics.TOOLS, topics.SESSIONS)}
+    produced = {topics.TURNS: early.records + later.records, topics.TOOLS: tools.records,
+                topics.SESSIONS: updates.records}
+    positions = {t: produce_with_offsets(recs, t, bootstrap) for t, recs in produced.items()}
+    first_ts = min(r.timestamp_ms for recs in produced.values() for r in recs)
 
-    job_name = f"e2e-kpi-{run_id}"
-    result = kpi.run([f"--job_name={job_name}", f"--consumer_group=e2e-{run_id}", "--session_gap_seconds=600",
-                      f"--start_read_time_ms={first_ts - 1}", "--parallelism=2"], wait=False)
-    try:
-        poll(lambda: any(j["state"] == "RUNNING" for j in jobs_by_name(job_name)), 120, "Flink to list the job RUNNING")
-
+    with readme_pipeline("kpi", run_id, first_ts - 1, "--session_gap_seconds=600",
+                         "--allowed_lateness_seconds=600", "--early_firing_seconds=2") as job:
         def landed():
             with pg_conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM agent_turns WHERE session_id LIKE %s", (f"{run_id}-%",))
-                return cur.fetchone()[0] >= len(work.expected)
+                return cur.fetchone()[0] >= len(expected)
 
-        poll(landed, 240, f"{len(work.expected)} turns in agent_turns")
+        poll(landed, 240, f"{len(expected)} turns in agent_turns")
 
         with pg_conn.cursor() as cur:
             cur.execute("SELECT session_id, turn_id, user_id, account_id, channel, model, tokens_in, tokens_out, "
@@ -58,9 +85,9 @@ def test_kpi_turns_land_exactly_once_and_bad_records_go_to_dlq(stack, pg_conn, k
                         "model_family, quality_score, estimated_cost_usd, scorer_version "
                         "FROM agent_turns WHERE session_id LIKE %s", (f"{run_id}-%",))
             rows = {(r[0], r[1]): r for r in cur.fetchall()}
-        assert set(rows) == set(work.expected), "agent_turns must hold exactly the distinct valid turns"
+        assert set(rows) == set(expected), "agent_turns must hold exactly the distinct valid turns"
         redactor, prices = Redactor(PiiPolicy.load(), load_hmac_key()), PriceTable.load()
-        for key, t in work.expected.items():
+        for key, t in expected.items():
             r = rows[key]
             # the expected row: the same pure functions the pipeline applies (redact, then score)
             turn, _ = redactor.event(AgentTurnCompleted.model_validate(t))
@@ -75,7 +102,7 @@ def test_kpi_turns_land_exactly_once_and_bad_records_go_to_dlq(stack, pg_conn, k
 
         # Redis hot state: the newest turn (event time) of each session, and every distinct turn counted once
         latest, counts = {}, {}
-        for (sid, tid), t in work.expected.items():
+        for (sid, tid), t in expected.items():
             counts[sid] = counts.get(sid, 0) + 1
             if sid not in latest or t["timestamp"] > latest[sid]["timestamp"]:
                 latest[sid] = t
@@ -89,43 +116,41 @@ def test_kpi_turns_land_exactly_once_and_bad_records_go_to_dlq(stack, pg_conn, k
             state = r.hgetall(f"session:{sid}:state")
             assert state[b"last_turn_id"].decode() == t["turn_id"] and int(state[b"seq"]) == t["timestamp"]
 
-        # session KPIs: early panes make every session's row visible while it is still open
+        # session KPIs: each session's whole life (both of its bursts, duplicates once, out-of-order turns
+        # counted), final once inactive for gap + lateness
+        want_kpis = _session_totals(expected.values(), tools.events)
+        got = {}
+
         def kpis():
             with pg_conn.cursor() as cur:
-                cur.execute("SELECT session_id, turns, tokens_in, tokens_out FROM session_kpis "
-                            "WHERE session_id LIKE %s", (f"{run_id}-%",))
-                got = {row[0]: row[1:] for row in cur.fetchall()}
-            want = {}
-            for (sid, _), t in work.expected.items():
-                n, ti, to = want.get(sid, (0, 0, 0))
-                want[sid] = (n + 1, ti + t["tokens_in"], to + t["tokens_out"])
-            return got == want
+                cur.execute("SELECT session_id, turns, tokens_in, tokens_out, tool_calls, avg_latency_ms, started_at, "
+                            "ended_at, is_final FROM session_kpis WHERE session_id LIKE %s", (f"{run_id}-%",))
+                got.clear()
+                got.update({row[0]: row[1:] for row in cur.fetchall()})
+            return set(got) == set(want_kpis) and all(
+                g[:4] == w[:4] and g[5:7] == w[5:] and g[7] for sid, w in want_kpis.items() for g in (got[sid],))
 
-        poll(kpis, 120, "session_kpis to match the distinct turns per session")
-
-        bad = {positions[i] for i, rec in enumerate(work.records) if rec.kind == "malformed"}
-        good = {positions[i] for i, rec in enumerate(work.records) if rec.kind != "malformed"}
-
-        def dead_letters():
-            found = {}
-            for v in read_from(topics.dlq_topic(topics.TURNS), bootstrap, dlq_start):
-                dl = DeadLetter.from_json(v)
-                if dl.source_topic == topics.TURNS:
-                    found[(dl.source_partition, dl.source_offset)] = dl
-            return found if bad <= set(found) else None
-
-        found = poll(dead_letters, 120, f"{len(bad)} malformed records in the DLQ")
-        assert not (good & set(found)), "a valid record was dead-lettered"
-        by_pos = {positions[i]: rec for i, rec in enumerate(work.records)}
-        for pos in bad:
-            dl = found[pos]
-            assert dl.error_class and dl.error_message and dl.step
-            assert dl.raw_payload() == by_pos[pos].value  # the original payload, byte for byte
-
-        assert any(j["state"] == "RUNNING" for j in jobs_by_name(job_name))
-    finally:
-        cancel_by_name(job_name)
         try:
-            result.cancel()
-        except Exception:  # noqa: BLE001 - already cancelled through Flink
-            pass
+            poll(kpis, 180, "session_kpis to hold every session's whole totals, final")
+        except AssertionError:
+            wrong = {sid: (got.get(sid), w) for sid, w in want_kpis.items() if got.get(sid, ())[:4] != w[:4]}
+            raise AssertionError(f"{len(wrong)} sessions differ (got, want), e.g. {list(wrong.items())[:3]}")
+        for sid, w in want_kpis.items():
+            assert got[sid][4] == pytest.approx(w[4], abs=1e-3), sid
+
+        # dead letters: each topic's malformed records in its own DLQ, with partition and offset
+        for topic, recs in produced.items():
+            bad = {positions[topic][i] for i, rec in enumerate(recs) if rec.kind == "malformed"}
+            good = {positions[topic][i] for i, rec in enumerate(recs) if rec.kind != "malformed"}
+            assert bad, topic
+            found = poll(lambda: (lambda f: f if bad <= set(f) else None)(
+                dead_letters_at(topic, bootstrap, dlq_start[topic], bad | good)), 120,
+                f"{len(bad)} malformed records in {topic}.dlq")
+            assert not (good & set(found)), f"a valid record of {topic} was dead-lettered"
+            by_pos = {positions[topic][i]: rec for i, rec in enumerate(recs)}
+            for pos in bad:
+                dl = found[pos]
+                assert dl.error_class and dl.error_message and dl.step
+                assert dl.raw_payload() == by_pos[pos].value  # the original payload, byte for byte
+
+        job.assert_running()

@@ -40,3 +40,14 @@ def test_options_fail_at_build_time_and_savepoint_flags_are_declared():
     opts = finalize_options(["--savepoint_path=s3://b/sp-1", "--allow_non_restored_state"], "kpi")
     ck = opts.view_as(FlinkCheckpointOptions)
     assert ck.savepoint_path == "s3://b/sp-1" and ck.allow_non_restored_state and ck.checkpointing_interval == 10_000
+
+
+@pytest.mark.parametrize("start_from", ["committed", "earliest", "latest"])
+def test_the_kafka_consumer_never_commits_by_itself_and_never_starts_at_the_end(start_from):
+    """Beam's cross-language read replaces KafkaIO's consumer defaults with ours: auto-commit must be off, or a
+    restart before the first checkpoint resumes after records that were fetched but never processed."""
+    from beam_pipelines.options import consumer_config, finalize_options
+
+    conf = consumer_config(finalize_options([f"--start_from={start_from}", "--consumer_group=g1"], "kpi"))
+    assert conf["enable.auto.commit"] == "false" and conf["auto.offset.reset"] == "earliest"
+    assert conf["group.id"] == "g1"
