@@ -59,6 +59,20 @@ def produce_with_offsets(records, topic: str, bootstrap: str) -> List[Tuple[int,
     return produce(records, topic, bootstrap)
 
 
+def commit_group_at_end(group: str, topics, bootstrap: str) -> None:
+    """Commit the current end of every partition for `group`: a job started later on the group's committed
+    offsets reads exactly what is produced after this call, and none of the records other tests left in the
+    topics (their heartbeats carry recent timestamps and would move the CreateTime watermark ahead)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[TopicPartition(t, p, off) for t in topics for p, off in end_offsets(t, bootstrap).items()],
+                 asynchronous=False)
+    finally:
+        c.close()
+
+
 def end_offsets(topic: str, bootstrap: str) -> Dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
@@ -139,13 +153,16 @@ class readme_pipeline:
     with `--no_wait_until_finish`, so the command returns once the job is RUNNING and healthy (or fails with
     its root cause). Cancels the job on exit."""
 
-    def __init__(self, name: str, run_id: str, start_ms: int, *extra_args: str, flink_master: bool = True,
+    def __init__(self, name: str, run_id: str, start_ms: Optional[int], *extra_args: str, flink_master: bool = True,
                  timeout_s: float = 240):
+        """start_ms: start at the first record at/after it; None: the group's committed offsets
+        (`commit_group_at_end` before producing reads exactly what the test produced)."""
         self.name, self.job_name = name, f"e2e-{name}-{run_id}"
         self.cmd = [python(), "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner",
                     *(["--flink_master=localhost:8081"] if flink_master else []),
                     f"--job_name={self.job_name}", f"--consumer_group=e2e-{run_id}",
-                    f"--start_read_time_ms={start_ms}", "--parallelism=2", "--no_wait_until_finish", *extra_args]
+                    *([f"--start_read_time_ms={start_ms}"] if start_ms is not None else []),
+                    "--parallelism=2", "--no_wait_until_finish", *extra_args]
         self.timeout_s = timeout_s
         self.output = ""
 
