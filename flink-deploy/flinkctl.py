@@ -8,9 +8,10 @@
 Standard library only, talks to the Flink REST API at $FLINK_REST_URL (default http://localhost:8081).
 
 `submit` is idempotent: if a job with the same --job_name is already running it does nothing (a retried
-Kubernetes Job never starts a duplicate). Otherwise it runs `python -m <module> <flags>` and returns once Flink
-reports the job RUNNING: a streaming pipeline's `wait_until_finish()` never returns, and the job keeps
-running on Flink after the Python client exits. With $SAVEPOINT_PATH set the job restores from it.
+Kubernetes Job never starts a duplicate). Otherwise it runs `python -m <module> <flags> --no_wait_until_finish`:
+the pipeline's launcher returns 0 once the Flink job has run healthy (every task RUNNING, no restart) for its
+health period, or cancels a job that restarts or fails and exits 1 with the root cause, so the Kubernetes Job
+fails. The job keeps running on Flink after the client exits. With $SAVEPOINT_PATH set it restores from it.
 
 Beam's Python FlinkRunner drops options no Python class declares when it submits to a job endpoint, and
 Beam 2.62's Python SDK declares no savepoint options; `_run` declares them (FlinkRestoreOptions) in the
@@ -120,33 +121,25 @@ def cmd_submit(module: str, flags: List[str], timeout_s: float) -> int:
         return 0
     print(f"submitting {module} as {job_name}" + (" from a savepoint" if "--savepoint_path" in " ".join(argv) else ""),
           flush=True)
+    # The pipeline's own launcher (beam_pipelines/launcher.py) submits, waits until the Flink job and all its
+    # tasks have run without a restart for its health period, and exits 0; a job that restarts or fails in
+    # that time is cancelled and the client exits 1 with the root cause, so the Kubernetes Job fails too.
+    if "--no_wait_until_finish" not in argv:
+        argv.append("--no_wait_until_finish")
     client = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_run", module, *argv])
-    deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline:
-            rc = client.poll()
-            if rc is not None:
-                # A streaming client only returns when the job ends or submission failed.
-                print(f"pipeline client exited with code {rc} before {job_name} was seen RUNNING", file=sys.stderr)
-                return rc or 1
-            try:
-                jobs = matching_jobs(rest("/jobs/overview"), job_name, ("RUNNING",))
-            except (urllib.error.URLError, OSError) as e:
-                print(f"Flink REST not answering ({e}); retrying", file=sys.stderr)
-                jobs = []
-            if jobs:
-                print(f"{job_name} RUNNING as {jobs[0]['jid']}", flush=True)
-                return 0
-            time.sleep(5)
-        print(f"{job_name} not RUNNING after {timeout_s:.0f}s", file=sys.stderr)
+        rc = client.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        print(f"{job_name} not healthy after {timeout_s:.0f}s", file=sys.stderr)
+        client.send_signal(signal.SIGINT)  # the launcher leaves the job on Flink and says where it is
+        try:
+            client.wait(30)
+        except subprocess.TimeoutExpired:
+            client.kill()
         return 1
-    finally:
-        if client.poll() is None:  # the job lives on in Flink; only the blocking client goes
-            client.send_signal(signal.SIGTERM)
-            try:
-                client.wait(30)
-            except subprocess.TimeoutExpired:
-                client.kill()
+    if rc == 0:
+        print(f"{job_name} RUNNING and healthy", flush=True)
+    return rc
 
 
 def cmd_run(module: str, flags: List[str]) -> None:
