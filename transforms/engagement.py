@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tu
 import apache_beam as beam
 
 from transforms.dead_letters import source_of
-from transforms.keyed_totals import Aggregate, KeyedTotals
+from transforms.keyed_totals import Aggregate, KeyedTotals, Slotted
 from transforms.rows import frontend_event_id
 from transforms.scoring import FUNNEL, Scored
 
@@ -64,7 +64,7 @@ def summarize(events: Iterable[EngagementEvent]) -> Dict[str, object]:
             "first_ms": first, "last_ms": last}
 
 
-class Engagement:
+class Engagement(Slotted):
     """Totals of a session's distinct events (lives in keyed state: small, no events kept)."""
 
     __slots__ = ("events", "first_ms", "last_ms", "best_rank", "user_id", "user_ms")
@@ -75,13 +75,6 @@ class Engagement:
         self.best_rank = -1
         self.user_id: Optional[str] = None
         self.user_ms: Optional[int] = None
-
-    def __getstate__(self):
-        return tuple(getattr(self, s) for s in self.__slots__)
-
-    def __setstate__(self, values):
-        for s, v in zip(self.__slots__, values):
-            setattr(self, s, v)
 
     def add(self, e: EngagementEvent) -> None:
         self.events += 1

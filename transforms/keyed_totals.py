@@ -82,7 +82,20 @@ def row_version(last_ms: int, items: int, final: bool) -> int:
     return last_ms * 20_000 + min(items, 9_999) * 2 + (1 if final else 0)
 
 
-class _KeyState:
+class Slotted:
+    """Pickles a __slots__ class as the tuple of its values (small state, no per-instance dict)."""
+
+    __slots__ = ()
+
+    def __getstate__(self):
+        return tuple(getattr(self, s) for s in self.__slots__)
+
+    def __setstate__(self, values):
+        for s, v in zip(self.__slots__, values):
+            setattr(self, s, v)
+
+
+class _KeyState(Slotted):
     """The state of one key: its totals, the ids it has counted recently, and its timers' bookkeeping."""
 
     __slots__ = ("totals", "seen", "items", "final", "dirty", "early_pending", "wm_ms", "prune_at_ms",
@@ -99,12 +112,6 @@ class _KeyState:
         self.prune_at_ms: Optional[int] = None
         self.expire_at_ms: Optional[int] = None
 
-    def __getstate__(self):
-        return tuple(getattr(self, s) for s in self.__slots__)
-
-    def __setstate__(self, values):
-        for s, v in zip(self.__slots__, values):
-            setattr(self, s, v)
 
 
 def _id_digest(item_id: str) -> int:

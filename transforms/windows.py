@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import apache_beam as beam
 
 from transforms.dead_letters import source_of
-from transforms.keyed_totals import Aggregate, KeyedTotals
+from transforms.keyed_totals import Aggregate, KeyedTotals, Slotted
 
 HOUR_S = 3600
 
@@ -65,7 +65,7 @@ def _utc(ms: Optional[int]) -> Optional[datetime]:
 
 # --- usage totals shared by sessions and account-hours ----------------------------------------------------
 
-class Usage:
+class Usage(Slotted):
     """Totals of distinct activity (mutable; lives in keyed state, so kept small: no items, no ids)."""
 
     __slots__ = ("turns", "tools", "tokens_in", "tokens_out", "latency_sum", "cost", "first_ms", "last_ms",
@@ -77,13 +77,6 @@ class Usage:
         self.first_ms: Optional[int] = None
         self.last_ms: Optional[int] = None
         self.user_id = self.channel = self.account_id = None
-
-    def __getstate__(self):
-        return tuple(getattr(self, s) for s in self.__slots__)
-
-    def __setstate__(self, values):
-        for s, v in zip(self.__slots__, values):
-            setattr(self, s, v)
 
     def add(self, a: Activity) -> "Usage":
         if a.kind == "turn":
