@@ -26,6 +26,7 @@ RUN pip install -r requirements.txt
 
 COPY setup.py ./
 COPY beam_pipelines ./beam_pipelines
+COPY events ./events
 COPY transforms ./transforms
 COPY io_connectors ./io_connectors
 COPY sql ./sql

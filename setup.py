@@ -6,7 +6,7 @@ setup(
     name="iheardai-pipelines",
     version="0.1.0",
     description="Apache Beam streaming pipelines (Kafka -> Postgres, Redis, Parquet on Spaces) on Apache Flink",
-    packages=find_packages(include=["beam_pipelines*", "transforms*", "io_connectors*"]),
+    packages=find_packages(include=["beam_pipelines*", "transforms*", "io_connectors*", "events*", "workloads*"]),
     package_data={"": ["*.json", "*.yaml"]},
     python_requires=">=3.10",
     install_requires=[

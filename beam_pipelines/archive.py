@@ -2,7 +2,7 @@
 
     python -m beam_pipelines.archive --runner=FlinkRunner --flink_master=localhost:8081 [--archive_prefix=...]
 
-All topics of io_connectors.topics.TOPICS are read in one Kafka source and archived as they are: nothing is
+All topics of events.topics.TOPICS are read in one Kafka source and archived as they are: nothing is
 validated first, so events that fail validation today (malformed JSON, missing fields, wrong types) are
 kept byte for byte in the `payload` column beside the columns parsed from it, and can be replayed once their
 contract or the code is fixed. Each record keeps its Kafka CreateTime (set by producers to the event time)
@@ -27,10 +27,10 @@ from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 
 from beam_pipelines.common import read_records, run_pipeline, write_dead_letters
 from beam_pipelines.options import WindowOptions
-from io_connectors import topics
+from events import topics
 from io_connectors.parquet_archive import ArchiveKafkaRecords
-from transforms.dead_letters import DeadLetter, ErrorKind, Tags
-from transforms.records import KafkaRecord
+from events.dead_letters import DeadLetter, ErrorKind, Tags
+from events.records import KafkaRecord
 
 TOPICS = tuple(t.name for t in topics.TOPICS)
 

@@ -21,13 +21,13 @@ from apache_beam.io.kafka import WriteToKafka
 
 from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_letters
 from beam_pipelines.options import KafkaSourceOptions, SinkOptions, TransformOptions, WindowOptions
-from io_connectors import topics
+from events import topics
 from io_connectors.postgres import WriteToPostgres
 from io_connectors.settings import KafkaSettings
-from transforms.contracts import BillingUsageMetered
+from events.contracts import BillingUsageMetered
 from transforms.scoring import ScoreAgentTurns
 from transforms.validation import validated
-from transforms.dead_letters import Tags
+from events.dead_letters import Tags
 from transforms.windows import BILLING_COLUMNS, HOUR_S, HourlyUsagePerAccount, scored_turn_activity, tool_activity
 
 TOPICS = (topics.TURNS, topics.TOOLS)

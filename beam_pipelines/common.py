@@ -11,7 +11,8 @@ from apache_beam.transforms.window import GlobalWindows
 from beam_pipelines.options import KafkaSourceOptions, consumer_config
 from io_connectors.kafka import ReadKafkaRecords, WriteDeadLetters, position_consumer_group
 from io_connectors.settings import KafkaSettings
-from transforms.contracts import CONTRACTS, EventModel
+from events.contracts import EventModel
+from events.topics import CONTRACTS
 from transforms.routing import ValidateByTopic
 
 

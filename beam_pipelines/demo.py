@@ -44,7 +44,7 @@ def _dlq_ends(bootstrap: str) -> dict:
     """Total end offset of every .dlq topic (the demo prints how many dead letters it caused)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from io_connectors.topics import TOPICS
+    from events.topics import TOPICS
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "iheardai-demo-dlq-count"})
     try:
@@ -84,9 +84,10 @@ def main(argv=None) -> int:
     from sql.migrate import apply
 
     apply()
-    from io_connectors import topics
+    from events import topics
     from io_connectors.settings import KafkaSettings, get
-    from transforms.generator import MixedWorkload, TurnWorkload, produce
+    from workloads.generator import MixedWorkload, TurnWorkload
+    from workloads.produce import produce
 
     stop()  # one demo suite at a time (the sinks are idempotent, so a re-run is harmless anyway)
     run_id = f"demo-{uuid.uuid4().hex[:6]}"

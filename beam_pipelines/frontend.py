@@ -20,9 +20,9 @@ import apache_beam as beam
 
 from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_letters
 from beam_pipelines.options import SinkOptions, TransformOptions, WindowOptions
-from io_connectors import topics
+from events import topics
 from io_connectors.postgres import WriteToPostgres
-from transforms.dead_letters import KeepSource, Tags
+from events.dead_letters import KeepSource, Tags
 from transforms.engagement import (ENGAGEMENT_COLUMNS, ENGAGEMENT_KEYS, ENGAGEMENT_MERGE, SessionEngagement,
                                    engagement_event)
 from transforms.pii import PiiPolicy, RedactPii

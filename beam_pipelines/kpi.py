@@ -20,15 +20,15 @@ import apache_beam as beam
 
 from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_letters
 from beam_pipelines.options import SinkOptions, TransformOptions, WindowOptions
-from io_connectors import topics
+from events import topics
 from io_connectors.postgres import WriteToPostgres
 from io_connectors.redis_state import WriteSessionState
-from transforms.dead_letters import KeepSource
+from events.dead_letters import KeepSource
 from transforms.pii import RedactPii
 from transforms.scoring import ScoreAgentTurns
 from transforms.turns import AGENT_TURN_JSON, AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, turn_to_row
 from transforms.validation import validated
-from transforms.dead_letters import Tags
+from events.dead_letters import Tags
 from transforms.windows import (SESSION_KPI_COLUMNS, SESSION_KPI_MERGE, SessionizeActivity, scored_turn_activity,
                                tool_activity)
 

@@ -16,9 +16,9 @@ import apache_beam as beam
 
 from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_letters
 from beam_pipelines.options import SinkOptions, TransformOptions
-from io_connectors import topics
+from events import topics
 from io_connectors.postgres import WriteToPostgres
-from transforms.dead_letters import KeepSource
+from events.dead_letters import KeepSource
 from transforms.pii import RedactPii
 from transforms.rows import LEAD_COLUMNS, LEAD_JSON, LEAD_KEYS, lead_to_row
 from transforms.scoring import ScoreLeads

@@ -170,7 +170,7 @@ def bench_parquet(rows: int) -> dict:
 
     from io_connectors.parquet_archive import _WriteParquetFn, archive_schema, kafka_record_to_row, s3_client
     from io_connectors.settings import SpacesSettings
-    from transforms.records import KafkaRecord
+    from events.records import KafkaRecord
 
     topic = "text.agent.turn.completed"
     run = f"bench-{uuid.uuid4().hex[:8]}/"

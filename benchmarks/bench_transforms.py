@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_transforms.py [--events 50000] [--seed 7] [--repeat 3]
 
-Events come from transforms.generator.MixedWorkload (every topic, product-like mix, 10% of free texts with
+Events come from workloads.generator.MixedWorkload (every topic, product-like mix, 10% of free texts with
 planted PII). Each record goes through transforms.layer.TransformLayer.apply, the same pure functions the
 Beam composites call. The first pass warms caches (user-agent parses); the best of `--repeat` passes is
 reported, as wall-clock events/s and as events per CPU-second of this process (the fairer per-core figure on
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transforms.generator import MixedWorkload  # noqa: E402
+from workloads.generator import MixedWorkload  # noqa: E402
 from transforms.layer import TransformLayer  # noqa: E402
 
 

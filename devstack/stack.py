@@ -464,7 +464,7 @@ def kafka_healthy() -> bool:
 def kafka_after_start() -> None:
     sys.path.insert(0, str(REPO))
     from confluent_kafka.admin import AdminClient, NewTopic
-    from io_connectors.topics import all_topics
+    from events.topics import all_topics
 
     admin = AdminClient({"bootstrap.servers": f"localhost:{PORTS['kafka']}"})
     existing = set(admin.list_topics(timeout=10).topics)

@@ -17,11 +17,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import PDone
 
-from io_connectors import topics
-from io_connectors.topics import dlq_topic
-from transforms.dead_letters import (DEFAULT_MAX_PAYLOAD_BYTES, MAX_ENVELOPE_OVERHEAD_BYTES, MIN_MAX_PAYLOAD_BYTES,
+from events import topics
+from events.topics import dlq_topic
+from events.dead_letters import (DEFAULT_MAX_PAYLOAD_BYTES, MAX_ENVELOPE_OVERHEAD_BYTES, MIN_MAX_PAYLOAD_BYTES,
                                      DeadLetter)
-from transforms.records import KafkaRecord
+from events.records import KafkaRecord
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class WriteDeadLetters(beam.PTransform):
     """Send DeadLetter envelopes to `<source topic>.dlq`; every envelope fits the DLQ.
 
     Routing: a dead letter of one of `source_topics` goes to that topic's DLQ (one WriteToKafka each); one of
-    another topic of io_connectors.topics (which has its `.dlq` twin) goes to that DLQ through a small
+    another topic of events.topics (which has its `.dlq` twin) goes to that DLQ through a small
     librdkafka producer; one whose source topic is unknown or missing goes to the fallback, the first source
     topic's DLQ, with `unrouted: true` in the envelope, the `dead_letters_unrouted` counter and a warning
     (a dedicated unrouted topic would need creating everywhere; every step names its source, so this is

@@ -40,9 +40,9 @@ from psycopg2.extras import Json
 
 from io_connectors.marketo import MarketoClient, MarketoConfig, MarketoError, MarketoQuotaExceeded, quota_day
 from io_connectors.settings import KafkaSettings, PostgresSettings
-from io_connectors.topics import LEADS, dlq_topic
-from transforms.contracts import MarketoLeadDelta
-from transforms.dead_letters import DeadLetter, ErrorKind
+from events.topics import LEADS, dlq_topic
+from events.contracts import MarketoLeadDelta
+from events.dead_letters import DeadLetter, ErrorKind
 
 log = logging.getLogger("marketo_extractor")
 

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import tempfile
+import typing
 import time
 import zlib
 from datetime import datetime, timezone
@@ -46,10 +47,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
+from events import topics
 from io_connectors import settings as _settings
 from io_connectors.settings import SpacesSettings
-from transforms.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
-from transforms.records import KafkaRecord
+from events.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
+from events.records import KafkaRecord
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +74,28 @@ DEFAULT_PARSED_FIELDS = (
     pa.field("user_id", pa.string()),
     pa.field("account_id", pa.string()),
 )
-PARSED_FIELDS_BY_TOPIC = {
-    "text.agent.turn.completed": DEFAULT_PARSED_FIELDS + (
-        pa.field("turn_id", pa.string()), pa.field("model_name", pa.string()), pa.field("tokens_in", pa.int64()),
-        pa.field("tokens_out", pa.int64()), pa.field("latency_ms", pa.float64())),
-    "agent.tool.invoked": DEFAULT_PARSED_FIELDS + (pa.field("tool_name", pa.string()),),
-    "marketo.leads.delta": DEFAULT_PARSED_FIELDS + (pa.field("lead_id", pa.int64()),),
-}
+# Contract field types -> archive column types (a registry column of another type is refused).
+_ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def parsed_fields(topic: str) -> Tuple[pa.Field, ...]:
+    """DEFAULT_PARSED_FIELDS plus the registry's `archive_columns` of the topic, typed from its contract."""
+    entry = topics.BY_NAME.get(topic)
+    if entry is None or not entry.archive_columns:
+        return DEFAULT_PARSED_FIELDS
+    extra = []
+    for name in entry.archive_columns:
+        field = entry.contract.model_fields.get(name)
+        annotation = field.annotation if field is not None else None
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]  # Optional[X] -> X
+        arrow = _ARROW_TYPES.get(args[0] if len(args) == 1 else annotation)
+        if arrow is None:
+            raise ValueError(f"archive column {name!r} of {topic}: not a str/int/float/bool field of "
+                             f"{entry.contract.__name__}")
+        extra.append(pa.field(name, arrow))
+    return DEFAULT_PARSED_FIELDS + tuple(extra)
+
+
 RAW_SORT = (("partition", "ascending"), ("offset", "ascending"))
 
 
@@ -92,7 +109,7 @@ def raw_record_schema(parsed_fields: Sequence[pa.Field] = DEFAULT_PARSED_FIELDS)
 
 def archive_schema(topic: str) -> pa.Schema:
     """The explicit schema for a topic's archive (raw record + the topic's parsed columns)."""
-    return raw_record_schema(PARSED_FIELDS_BY_TOPIC.get(topic, DEFAULT_PARSED_FIELDS))
+    return raw_record_schema(parsed_fields(topic))
 
 
 def check_schema_evolution(old: pa.Schema, new: pa.Schema) -> None:

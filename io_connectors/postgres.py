@@ -43,7 +43,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from io_connectors.retry import with_retries
 from io_connectors.settings import PostgresSettings
-from transforms.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
+from events.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Input: one plain dict per agent turn (extra keys are ignored):
      "status": "active",               # optional, default "active"
      "response_time_ms": 812.0,        # optional: the agent's latency for this turn
      "_source": ("text.agent.turn.completed", 3, 1041)}  # optional: the turn's record (dead letters name it;
-                                       # transforms.dead_letters.KeepSource adds it)
+                                       # events.dead_letters.KeepSource adds it)
 
 Keys written (hashes, every one with the TTL, refreshed on each write):
 
@@ -51,7 +51,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from io_connectors import settings as _settings
 from io_connectors.retry import with_retries
 from io_connectors.settings import RedisSettings
-from transforms.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
+from events.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tu
 
 import apache_beam as beam
 
-from transforms.dead_letters import source_of
+from events.dead_letters import source_of
 from transforms.keyed_totals import Aggregate, KeyedTotals, Slotted
 from transforms.rows import frontend_event_id
 from transforms.scoring import FUNNEL, Scored

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-from transforms.contracts import CONTRACTS
+from events.topics import CONTRACTS
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 _ID_BASE = "https://iheardai.example/schemas/"

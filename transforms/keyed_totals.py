@@ -38,7 +38,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms.dead_letters import DeadLetter, Tags
+from events.dead_letters import DeadLetter, Tags
 
 LATE_DATA = "late_data"
 _MIN_MS = -(2 ** 62)

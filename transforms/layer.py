@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Union
 
-from transforms.contracts import (CONTRACTS, AgentTurnCompleted, EventModel, FrontendSessionAnalytics,
-                                  FrontendUserInteraction, FrontendWidgetPerformance, MarketoLeadDelta)
+from events.contracts import EventModel
+from events.topics import TOPICS
 from transforms.pii import PiiPolicy, Redactor
-from transforms.scoring import PriceTable, Scored, enrich_frontend, score_lead, score_turn
+from transforms.scoring import SCORERS, PriceTable, Scored
 from transforms.validation import parse_event
 
 
@@ -24,14 +24,13 @@ class TransformLayer:
         self.redactor = Redactor(policy or PiiPolicy.load(), hmac_key)
         prices = prices or PriceTable.load()
         self.now_ms = now_ms
-        self.scorers: Dict[type, Callable[[Any], Dict[str, Any]]] = {
-            AgentTurnCompleted: lambda t: score_turn(t, prices),
-            FrontendUserInteraction: enrich_frontend, FrontendSessionAnalytics: enrich_frontend,
-            FrontendWidgetPerformance: enrich_frontend, MarketoLeadDelta: score_lead,
-        }
+        self.contracts = {t.name: t.contract for t in TOPICS}
+        # the registry names each topic's scorer (None: validated and redacted only)
+        self.scorers: Dict[str, Callable[[Any], Dict[str, Any]]] = {
+            t.name: SCORERS[t.scorer](prices) for t in TOPICS if t.scorer}
 
     def apply(self, topic: str, raw: bytes) -> Union[Scored, EventModel]:
-        event = parse_event(raw, CONTRACTS[topic], now_ms=self.now_ms)
+        event = parse_event(raw, self.contracts[topic], now_ms=self.now_ms)
         event, _ = self.redactor.event(event)
-        scorer = self.scorers.get(type(event))
+        scorer = self.scorers.get(topic)
         return Scored(event, scorer(event)) if scorer else event

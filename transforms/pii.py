@@ -35,8 +35,9 @@ import phonenumbers
 from apache_beam.metrics import Metrics
 from pydantic import BaseModel
 
-from transforms.contracts import CONTRACTS, EventModel
-from transforms.dead_letters import DeadLetter, ErrorKind, Tags
+from events.contracts import EventModel
+from events.topics import CONTRACTS
+from events.dead_letters import DeadLetter, ErrorKind, Tags
 
 EMAIL, PHONE, IP, CARD, SSN, IBAN, PERSON = "email", "phone", "ip_address", "credit_card", "us_ssn", "iban", "person"
 KINDS = (EMAIL, PHONE, IP, CARD, SSN, IBAN, PERSON)

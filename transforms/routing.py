@@ -9,7 +9,7 @@ from typing import Dict, Mapping, Optional, Type
 
 import apache_beam as beam
 
-from transforms.contracts import EventModel
+from events.contracts import EventModel
 from transforms.validation import ValidateEvents, validated
 
 

@@ -11,7 +11,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
-from transforms.contracts import EventModel, FrontendUserInteraction, MarketoLeadDelta
+from events.contracts import EventModel, FrontendUserInteraction, MarketoLeadDelta
 from transforms.scoring import Scored
 
 FRONTEND_COLUMNS = (

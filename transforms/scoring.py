@@ -25,9 +25,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import text_signals
-from transforms.contracts import (AgentTurnCompleted, EventModel, FrontendSessionAnalytics,
+from events.contracts import (AgentTurnCompleted, EventModel, FrontendSessionAnalytics,
                                   FrontendUserInteraction, FrontendWidgetPerformance, MarketoLeadDelta)
-from transforms.dead_letters import DeadLetter, ErrorKind, Tags
+from events.dead_letters import DeadLetter, ErrorKind, Tags
 
 SCORER_VERSION = "1.0.0"
 DEFAULT_PRICE_TABLE = Path(__file__).resolve().parent.parent / "config" / "model_prices.json"
@@ -272,9 +272,11 @@ def enrich_frontend(event: Union[FrontendUserInteraction, FrontendSessionAnalyti
         engagement = _pct(0.4 * min(event.duration_ms / 300000.0, 1.0) + 0.3 * min(event.page_views / 5.0, 1.0)
                           + 0.3 * min((event.interactions + event.messages_sent) / 10.0, 1.0))
         quality = _completeness(event, _SESSION_FIELDS)
-    else:
+    elif isinstance(event, FrontendWidgetPerformance):
         stage, engagement = None, None
         quality = _completeness(event, _WIDGET_FIELDS)
+    else:  # a new frontend contract needs its own branch here, not the widget's
+        raise TypeError(f"enrich_frontend has no rules for {type(event).__name__}")
     if device == "bot":
         segment = "bot"
     elif stage in ("product_interest", "conversion") or (engagement or 0) >= 70:
@@ -428,3 +430,15 @@ class ScoreLeads(beam.PTransform):
         return leads | "Score" >> beam.ParDo(_ScoreFn(
             score_lead, self.label, ("lead_quality_score",))).with_outputs(
                 Tags.DEAD_LETTER.value, main=Tags.VALID.value)
+
+
+# --- the scorers the topic registry names (events.topics.Topic.scorer) ---------------------------------
+
+def _static(scorer: Callable[[Any], Dict[str, Any]]) -> Callable[[PriceTable], Callable[[Any], Dict[str, Any]]]:
+    return lambda _prices: scorer
+
+
+# name -> a factory of the pure scorer, given the price table
+SCORERS: Dict[str, Callable[[PriceTable], Callable[[Any], Dict[str, Any]]]] = {
+    "turn": _TurnScorer, "frontend": _static(enrich_frontend), "lead": _static(score_lead),
+}

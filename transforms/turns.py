@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Dict, Union
 
-from transforms.contracts import AgentTurnCompleted
+from events.contracts import AgentTurnCompleted
 from transforms.scoring import Scored
 
 AGENT_TURN_COLUMNS = (

@@ -22,9 +22,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from pydantic import ValidationError
 
-from transforms.contracts import CONTRACTS, EventModel, Source, set_private_state
-from transforms.dead_letters import DeadLetter, ErrorKind, Tags
-from transforms.records import KafkaRecord
+from events.contracts import EventModel, Source, set_private_state
+from events.topics import CONTRACTS
+from events.dead_letters import DeadLetter, ErrorKind, Tags
+from events.records import KafkaRecord
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 DEFAULT_MAX_FUTURE_MS = 24 * 3600 * 1000  # clock skew we accept from producers

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 
-from transforms.dead_letters import source_of
+from events.dead_letters import source_of
 from transforms.keyed_totals import Aggregate, KeyedTotals, Slotted
 
 HOUR_S = 3600

@@ -54,7 +54,7 @@ def poll(check: Callable[[], object], timeout_s: float, what: str, interval_s: f
 
 def produce_with_offsets(records, topic: str, bootstrap: str) -> List[Tuple[int, int]]:
     """Produce ProducedRecords (event time as Kafka timestamp); return (partition, offset) per record, in order."""
-    from transforms.generator import produce
+    from workloads.produce import produce
 
     return produce(records, topic, bootstrap)
 
@@ -110,8 +110,8 @@ def read_from(topic: str, bootstrap: str, start: Dict[int, int], idle_s: float =
 
 def dead_letters_at(topic: str, bootstrap: str, start: Dict[int, int], positions) -> Dict:
     """DeadLetters in `<topic>.dlq` (from `start` offsets) whose source position is one of `positions`."""
-    from io_connectors.topics import dlq_topic
-    from transforms.dead_letters import DeadLetter
+    from events.topics import dlq_topic
+    from events.dead_letters import DeadLetter
 
     found = {}
     for v in read_from(dlq_topic(topic), bootstrap, start):

@@ -16,11 +16,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
 
-from io_connectors import topics
+from events import topics
 from io_connectors.parquet_archive import s3_client
 from tests.e2e.flink_helpers import end_offsets, poll, produce_with_offsets, read_from, readme_pipeline
-from transforms.dead_letters import DeadLetter
-from transforms.generator import MixedWorkload, ProducedRecord, TurnWorkload
+from events.dead_letters import DeadLetter
+from workloads.generator import MixedWorkload, ProducedRecord, TurnWorkload
 
 pytestmark = pytest.mark.e2e
 HOUR_MS = 3_600_000

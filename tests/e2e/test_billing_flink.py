@@ -9,11 +9,11 @@ from collections import defaultdict
 
 import pytest
 
-from io_connectors import topics
+from events import topics
 from tests.e2e.flink_helpers import (advance_watermarks, end_offsets, poll, produce_with_offsets, read_from,
                                      running_pipeline)
-from transforms.contracts import AgentTurnCompleted
-from transforms.generator import ProducedRecord, ToolWorkload, TurnWorkload
+from events.contracts import AgentTurnCompleted
+from workloads.generator import ProducedRecord, ToolWorkload, TurnWorkload
 from transforms.scoring import PriceTable, score_turn
 
 pytestmark = pytest.mark.e2e

@@ -11,13 +11,13 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from io_connectors import topics
+from events import topics
 from tests.e2e.flink_helpers import end_offsets, poll, produce_with_offsets, read_from, readme_pipeline
-from transforms.contracts import CONTRACTS
-from transforms.dead_letters import DeadLetter
+from events.topics import CONTRACTS
+from events.dead_letters import DeadLetter
 from transforms.engagement import engagement_event, summarize
 from transforms.keyed_totals import row_version
-from transforms.generator import (FrontendSessionWorkload, FrontendWorkload, ProducedRecord,
+from workloads.generator import (FrontendSessionWorkload, FrontendWorkload, ProducedRecord,
                                   WidgetPerformanceWorkload)
 from transforms.pii import PiiPolicy, Redactor, load_hmac_key
 from transforms.rows import FRONTEND_COLUMNS, frontend_to_row

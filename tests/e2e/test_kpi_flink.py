@@ -10,13 +10,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from io_connectors import topics
+from events import topics
 from tests.e2e.flink_helpers import (commit_group_at_end, dead_letters_at, end_offsets, poll, produce_with_offsets,
                                      readme_pipeline)
 import redis
 
-from transforms.contracts import AgentTurnCompleted
-from transforms.generator import SessionWorkload, ToolWorkload, TurnWorkload
+from events.contracts import AgentTurnCompleted
+from workloads.generator import SessionWorkload, ToolWorkload, TurnWorkload
 from transforms.pii import PiiPolicy, Redactor, load_hmac_key
 from transforms.scoring import PriceTable, Scored, score_turn
 from transforms.turns import turn_to_row

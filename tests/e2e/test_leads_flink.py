@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from io_connectors import topics
+from events import topics
 from tests.e2e.flink_helpers import dead_letters_at, end_offsets, poll, produce_with_offsets, running_pipeline
-from transforms.contracts import MarketoLeadDelta
-from transforms.generator import LeadWorkload, ProducedRecord
+from events.contracts import MarketoLeadDelta
+from workloads.generator import LeadWorkload, ProducedRecord
 from transforms.pii import PiiPolicy, Redactor, load_hmac_key
 from transforms.rows import lead_to_row
 from transforms.scoring import Scored, score_lead

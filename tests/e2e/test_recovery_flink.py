@@ -32,11 +32,12 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from devstack import stack as devstack
-from io_connectors import topics
+from events import topics
 from tests.e2e.flink_helpers import (REPO, commit_group_at_end, dead_letters_at, end_offsets, flink_get, jobs_by_name,
                                      poll, python, readme_pipeline)
-from transforms.dead_letters import ErrorKind
-from transforms.generator import ProducedRecord, TurnWorkload, produce
+from events.dead_letters import ErrorKind
+from workloads.generator import ProducedRecord, TurnWorkload
+from workloads.produce import produce
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from io_connectors.kafka import DLQ_MAX_REQUEST_BYTES, RECORD_OVERHEAD_BYTES, _ProduceDeadLettersFn
 from io_connectors.redis_state import WriteSessionState
-from transforms.dead_letters import (DEFAULT_MAX_PAYLOAD_BYTES, MAX_ENVELOPE_OVERHEAD_BYTES, SOURCE_KEY,
+from events.dead_letters import (DEFAULT_MAX_PAYLOAD_BYTES, MAX_ENVELOPE_OVERHEAD_BYTES, SOURCE_KEY,
                                      DeadLetter, ErrorKind)
 
 pytestmark = pytest.mark.integration

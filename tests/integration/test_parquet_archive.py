@@ -20,7 +20,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from io_connectors.parquet_archive import (ArchiveKafkaRecords, _default_shard, archive_schema,
                                            check_schema_evolution, s3_client)
-from transforms.records import KafkaRecord
+from events.records import KafkaRecord
 
 pytestmark = pytest.mark.integration
 TOPIC = "text.agent.turn.completed"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from io_connectors import topics
-from transforms.contracts import (CONTRACTS, AgentTurnCompleted, BillingUsageMetered, EventModel,
-                                  FrontendUserInteraction, MarketoLeadDelta)
-from transforms.generator import WORKLOADS, TurnWorkload
+from events import topics
+from events.contracts import AgentTurnCompleted, BillingUsageMetered, EventModel, FrontendUserInteraction, MarketoLeadDelta
+from events.topics import CONTRACTS
+from workloads.generator import WORKLOADS, TurnWorkload
 
 pytestmark = pytest.mark.unit
 TS = 1_795_000_000_000

@@ -14,14 +14,14 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines import frontend, kpi
-from io_connectors import topics
+from events import topics
 from io_connectors.kafka import (MAX_DLQ_PAYLOAD_BYTES, OTHER_KNOWN, DeadLetterOptions, RouteDeadLetters,
                                  WriteDeadLetters)
 from transforms import pii, scoring
-from transforms.contracts import CONTRACTS
-from transforms.dead_letters import MAX_ENVELOPE_OVERHEAD_BYTES, DeadLetter
+from events.topics import CONTRACTS
+from events.dead_letters import MAX_ENVELOPE_OVERHEAD_BYTES, DeadLetter
 from transforms.pii import PiiPolicy, RedactPii
-from transforms.records import KafkaRecord
+from events.records import KafkaRecord
 from transforms.routing import ValidateByTopic
 from transforms.scoring import ScoreAgentTurns, Scored
 from transforms.validation import validated
@@ -190,7 +190,7 @@ def test_frontend_no_longer_patches_dead_letters():
 
 
 def test_scored_events_keep_the_source_for_sinks():
-    from transforms.dead_letters import KeepSource, source_of
+    from events.dead_letters import KeepSource, source_of
     from transforms.turns import turn_to_row
 
     ev = CONTRACTS[topics.TURNS].model_validate_json(_turn("s", 1)).with_source(topics.TURNS, 2, 3)

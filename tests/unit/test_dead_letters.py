@@ -10,8 +10,8 @@ import random
 import pytest
 
 from io_connectors.kafka import DLQ_MAX_REQUEST_BYTES, MAX_DLQ_PAYLOAD_BYTES, RECORD_OVERHEAD_BYTES
-from transforms.contracts import AgentToolInvoked
-from transforms.dead_letters import (DEFAULT_MAX_PAYLOAD_BYTES, MAX_ENVELOPE_OVERHEAD_BYTES, SOURCE_KEY, DeadLetter,
+from events.contracts import AgentToolInvoked
+from events.dead_letters import (DEFAULT_MAX_PAYLOAD_BYTES, MAX_ENVELOPE_OVERHEAD_BYTES, SOURCE_KEY, DeadLetter,
                                      ErrorKind, KeepSource, PayloadTruncated, source_of, without_source)
 
 pytestmark = pytest.mark.unit

@@ -3,7 +3,7 @@
     .venv/bin/pytest tests/unit/test_deploy.py
 
 Nothing here talks to Kubernetes or Docker (neither runs on our machines); these tests keep the manifests
-parseable, consistent with devstack/versions.py and io_connectors/topics.py, free of real secrets, and
+parseable, consistent with devstack/versions.py and events/topics.py, free of real secrets, and
 passing only flags the pipelines actually declare.
 """
 
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from devstack import versions
-from io_connectors.topics import all_topics
+from events.topics import all_topics
 
 pytestmark = pytest.mark.unit
 

@@ -12,9 +12,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.contracts import AgentTurnCompleted, FrontendUserInteraction
+from events.contracts import AgentTurnCompleted, FrontendUserInteraction
 from transforms.pii import PiiPolicy, Redactor
-from transforms.records import KafkaRecord
+from events.records import KafkaRecord
 from transforms.routing import ValidateByTopic
 from transforms.scoring import PriceTable, score_turn
 from transforms.turns import turn_to_row

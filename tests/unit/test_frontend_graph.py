@@ -11,10 +11,10 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.dead_letters import Tags
+from events.dead_letters import Tags
 from transforms.engagement import EngagementEvent, SessionEngagement, engagement_event, summarize
 from transforms.keyed_totals import LATE_DATA, row_version
-from transforms.contracts import FrontendUserInteraction, FrontendWidgetPerformance
+from events.contracts import FrontendUserInteraction, FrontendWidgetPerformance
 from transforms.scoring import Scored, enrich_frontend
 
 pytestmark = pytest.mark.unit
@@ -106,7 +106,7 @@ def test_frontend_pipeline_graph_builds_with_readable_steps(monkeypatch):
     built = []
 
     def fake_read(_p, _opts, topics):
-        from transforms.contracts import CONTRACTS
+        from events.topics import CONTRACTS
         from transforms.validation import ValidateEvents, validated
 
         records = _p | "Records" >> beam.Create([])

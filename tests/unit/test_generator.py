@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from transforms.contracts import CONTRACTS
-from transforms.generator import WORKLOADS, MixedWorkload, TurnWorkload
+from events.topics import CONTRACTS
+from workloads.generator import WORKLOADS, MixedWorkload, TurnWorkload
 from transforms.pii import redact_text
 from transforms.validation import parse_event
 

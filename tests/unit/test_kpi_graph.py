@@ -9,8 +9,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.contracts import AgentTurnCompleted
-from transforms.records import KafkaRecord
+from events.contracts import AgentTurnCompleted
+from events.records import KafkaRecord
 from transforms.turns import turn_to_row
 from transforms.validation import ValidateEvents, validated
 

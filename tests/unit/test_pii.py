@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transforms.contracts import AgentTurnCompleted, FrontendUserInteraction, MarketoLeadDelta
+from events.contracts import AgentTurnCompleted, FrontendUserInteraction, MarketoLeadDelta
 from transforms.pii import (PiiPolicy, RedactPii, Redactor, iban_valid, load_hmac_key, luhn_valid, pseudonymize,
                             redact_text, redact_url)
 from transforms.validation import validated

@@ -13,8 +13,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines import frontend, kpi, leads
-from io_connectors import topics
-from transforms.contracts import CONTRACTS, AgentToolInvoked, AgentTurnCompleted
+from events import topics
+from events.contracts import AgentToolInvoked, AgentTurnCompleted
+from events.topics import CONTRACTS
 from transforms.pii import DEFAULT_POLICY_FILE, MissingPiiPolicy, PiiPolicy, RedactPii, Redactor
 from transforms.validation import validated
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from transforms.contracts import CONTRACTS
+from events.topics import CONTRACTS
 from transforms.export_schemas import SCHEMA_DIR, render_schemas, stale_files, write_schemas
 
 pytestmark = pytest.mark.unit

@@ -10,9 +10,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.contracts import (AgentTurnCompleted, FrontendSessionAnalytics, FrontendUserInteraction,
+from events.contracts import (AgentTurnCompleted, FrontendSessionAnalytics, FrontendUserInteraction,
                                   FrontendWidgetPerformance, MarketoLeadDelta)
-from transforms.generator import FrontendWorkload, LeadWorkload, TurnWorkload
+from workloads.generator import FrontendWorkload, LeadWorkload, TurnWorkload
 from transforms.rows import FRONTEND_COLUMNS, LEAD_COLUMNS, frontend_to_row, lead_to_row
 from transforms.scoring import (SCORER_VERSION, EnrichFrontendEvents, PriceTable, ScoreAgentTurns, Scored,
                                 ScoreLeads, enrich_frontend, page_category, parse_user_agent, score_lead, score_turn)

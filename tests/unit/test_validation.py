@@ -11,10 +11,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from io_connectors import topics
-from transforms.contracts import AgentTurnCompleted, FrontendUserInteraction
-from transforms.dead_letters import DeadLetter, ErrorKind
-from transforms.records import KafkaRecord
+from events import topics
+from events.contracts import AgentTurnCompleted, FrontendUserInteraction
+from events.dead_letters import DeadLetter, ErrorKind
+from events.records import KafkaRecord
 from transforms.validation import EventError, ValidateEvents, parse_event, validated
 
 pytestmark = pytest.mark.unit

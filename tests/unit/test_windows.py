@@ -11,7 +11,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.dead_letters import Tags
+from events.dead_letters import Tags
 from transforms.keyed_totals import LATE_DATA, _id_digest, _KeyState, row_version
 from transforms.windows import Activity, HourlyUsagePerAccount, SessionizeActivity, Usage
 

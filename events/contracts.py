@@ -1,4 +1,5 @@
-"""Event contracts: one typed, versioned pydantic model per event type, and `CONTRACTS` {topic: model}.
+"""Event contracts: one typed, versioned pydantic model per event type (the topic registry,
+`events.topics`, maps each topic to its model: `CONTRACTS`).
 
 Rules every model follows:
 - `schema_version` names the contract version the producer wrote; a version newer than the model knows
@@ -20,8 +21,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from io_connectors import topics
-from transforms.dead_letters import Source  # (topic, partition, offset) of an event's Kafka record
+from events.dead_letters import Source  # (topic, partition, offset) of an event's Kafka record
 
 
 _FIELD_NAMES: Dict[type, frozenset] = {}  # per-class field names, for the hot path of with_metadata
@@ -328,14 +328,3 @@ class BillingUsageMetered(StrictEventModel):
     revision: int = Field(0, ge=0)
     is_final: bool = False
 
-
-CONTRACTS = {
-    topics.FRONTEND_INTERACTION: FrontendUserInteraction,
-    topics.FRONTEND_SESSION: FrontendSessionAnalytics,
-    topics.FRONTEND_WIDGET: FrontendWidgetPerformance,
-    topics.TURNS: AgentTurnCompleted,
-    topics.TOOLS: AgentToolInvoked,
-    topics.SESSIONS: AgentSessionUpdated,
-    topics.LEADS: MarketoLeadDelta,
-    topics.BILLING: BillingUsageMetered,
-}

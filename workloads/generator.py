@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
+
+from events import topics
 
 MODELS = ("claude-3-sonnet", "claude-3-haiku", "gpt-4o", "gpt-4o-mini", "llama-3-70b")
 CHANNELS = ("web_chat", "widget", "email", "sms")
@@ -35,6 +37,7 @@ class ProducedRecord:
 
 @dataclass
 class TurnWorkload:
+    topic = topics.TURNS
     seed: int = 7
     start_ms: int = 1_795_000_000_000
     sessions: int = 50
@@ -108,38 +111,6 @@ class TurnWorkload:
         return sum(1 for r in self.records if r.kind == "malformed")
 
 
-def produce(records: List[ProducedRecord], topic: str, bootstrap_servers: str,
-            extra_config: Optional[dict] = None) -> List[Tuple[int, int]]:
-    """Produce records with their event time as the Kafka timestamp (idempotent producer, acks=all).
-
-    Returns the (partition, offset) of each record, in order, so tests can find them again (e.g. in a DLQ)."""
-    from confluent_kafka import Producer
-
-    errors: List[str] = []
-    positions: List[Optional[Tuple[int, int]]] = [None] * len(records)
-    p = Producer({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all",
-                  "linger.ms": 20, **(extra_config or {})})
-
-    for i, r in enumerate(records):
-        def on_delivery(err, msg, i=i):
-            if err is not None:
-                errors.append(str(err))
-            else:
-                positions[i] = (msg.partition(), msg.offset())
-
-        while True:
-            try:
-                p.produce(topic, key=r.key, value=r.value, timestamp=r.timestamp_ms, on_delivery=on_delivery)
-                break
-            except BufferError:
-                p.poll(0.1)
-        p.poll(0)
-    p.flush(60)
-    if errors:
-        raise RuntimeError(f"{len(errors)} records not delivered: {errors[:3]}")
-    return positions  # type: ignore[return-value]
-
-
 # --- every other topic ------------------------------------------------------------------------------------
 # Workloads below share one shape: `generate(n)` fills `records` (ProducedRecord, valid ones only unless a
 # malformed rate is set) and `events` (the payload dicts), deterministically for a seed. Some free text
@@ -174,13 +145,6 @@ FREE_DOMAINS = ("gmail.com", "yahoo.com", "outlook.com")
 TITLES = ("VP Sales", "Marketing Manager", "CTO", "Engineer", "Head of Growth", "Analyst", None)
 SOURCES = ("Referral", "Website", "Webinar", "Paid Search", "Demo Request", "Organic Search", None)
 STATUSES = ("New", "Engaged", "MQL", "SQL", "Working", "Nurture")
-USER_MESSAGES = (
-    "Can you tell me more about pricing?",
-    "Does the widget integrate with HubSpot?",
-    "I'd like to book a demo for next week.",
-    "Where is my order #48213?",
-    "Is version 2.62.0 compatible with our stack?",
-)
 
 
 def pii_snippet(rng: random.Random) -> str:
@@ -237,7 +201,7 @@ class _Workload:
 class FrontendWorkload(_Workload):
     """`frontend.user.interaction` events along the funnel, with real-world user agents and URLs."""
 
-    topic = "frontend.user.interaction"
+    topic = topics.FRONTEND_INTERACTION
 
     def event(self, rng, i, ts):
         s = rng.randrange(self.sessions)
@@ -270,7 +234,7 @@ class FrontendWorkload(_Workload):
 class FrontendSessionWorkload(_Workload):
     """`frontend.session.analytics` summaries."""
 
-    topic = "frontend.session.analytics"
+    topic = topics.FRONTEND_SESSION
 
     def event(self, rng, i, ts):
         s = rng.randrange(self.sessions)
@@ -291,7 +255,7 @@ class FrontendSessionWorkload(_Workload):
 class WidgetPerformanceWorkload(_Workload):
     """`frontend.widget.performance` measurements."""
 
-    topic = "frontend.widget.performance"
+    topic = topics.FRONTEND_WIDGET
 
     def event(self, rng, i, ts):
         s = rng.randrange(self.sessions)
@@ -309,7 +273,7 @@ class WidgetPerformanceWorkload(_Workload):
 class ToolWorkload(_Workload):
     """`agent.tool.invoked` calls, some failing, some with PII in their arguments."""
 
-    topic = "agent.tool.invoked"
+    topic = topics.TOOLS
 
     def event(self, rng, i, ts):
         s = rng.randrange(self.sessions)
@@ -330,7 +294,7 @@ class ToolWorkload(_Workload):
 class SessionWorkload(_Workload):
     """`text.agent.session.updated` state changes (seq grows per session)."""
 
-    topic = "text.agent.session.updated"
+    topic = topics.SESSIONS
 
     def event(self, rng, i, ts):
         s = rng.randrange(self.sessions)
@@ -348,7 +312,7 @@ class SessionWorkload(_Workload):
 class LeadWorkload(_Workload):
     """`marketo.leads.delta` changes of synthetic leads (corporate and free-mail, all seniorities)."""
 
-    topic = "marketo.leads.delta"
+    topic = topics.LEADS
 
     def event(self, rng, i, ts):
         lead = rng.randint(1, 5000)
@@ -371,7 +335,7 @@ class LeadWorkload(_Workload):
 class BillingWorkload(_Workload):
     """`billing.usage.metered` hourly usage revisions per account."""
 
-    topic = "billing.usage.metered"
+    topic = topics.BILLING
 
     def event(self, rng, i, ts):
         acct = f"acct-{i % self.accounts:02d}"
@@ -387,6 +351,11 @@ WORKLOADS = {w.topic: w for w in (FrontendWorkload, FrontendSessionWorkload, Wid
                                   ToolWorkload, SessionWorkload, LeadWorkload, BillingWorkload)}
 
 
+# Each registry topic's share of a product-like mix (tests/unit/test_topic_registry.py checks every topic has one).
+SHARES = {topics.TURNS: 0.3, topics.FRONTEND_INTERACTION: 0.35, topics.TOOLS: 0.1, topics.SESSIONS: 0.08,
+          topics.FRONTEND_SESSION: 0.05, topics.FRONTEND_WIDGET: 0.05, topics.LEADS: 0.05, topics.BILLING: 0.02}
+
+
 @dataclass
 class MixedWorkload:
     """Events for every topic, in product-like proportions: `generate(n)` -> `records` as (topic, record).
@@ -397,17 +366,14 @@ class MixedWorkload:
     start_ms: int = 1_795_000_000_000
     run_id: str = "run"
     pii_rate: float = 0.1
-    shares: Dict[str, float] = field(default_factory=lambda: {
-        "text.agent.turn.completed": 0.3, "frontend.user.interaction": 0.35, "agent.tool.invoked": 0.1,
-        "text.agent.session.updated": 0.08, "frontend.session.analytics": 0.05,
-        "frontend.widget.performance": 0.05, "marketo.leads.delta": 0.05, "billing.usage.metered": 0.02})
+    shares: Dict[str, float] = field(default_factory=lambda: dict(SHARES))
     records: List[Tuple[str, ProducedRecord]] = field(default_factory=list)
 
     def generate(self, n: int) -> "MixedWorkload":
         out: List[Tuple[str, ProducedRecord]] = []
         for k, (topic, share) in enumerate(sorted(self.shares.items())):
             count = max(1, int(round(n * share)))
-            if topic == "text.agent.turn.completed":
+            if topic == topics.TURNS:
                 w = TurnWorkload(seed=self.seed + k, start_ms=self.start_ms, run_id=self.run_id,
                                  duplicate_rate=0.0, malformed_rate=0.0).generate(count)
             else:

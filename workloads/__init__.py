@@ -1,0 +1,1 @@
+"""Test data: seeded, realistic events for every registry topic (`generator`) and a producer (`produce`)."""
