@@ -81,19 +81,23 @@ _ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa
 def parsed_fields(topic: str) -> Tuple[pa.Field, ...]:
     """DEFAULT_PARSED_FIELDS plus the registry's `archive_columns` of the topic, typed from its contract."""
     entry = topics.BY_NAME.get(topic)
-    if entry is None or not entry.archive_columns:
-        return DEFAULT_PARSED_FIELDS
-    extra = []
+    return DEFAULT_PARSED_FIELDS + (topic_fields(entry) if entry is not None else ())
+
+
+def topic_fields(entry: topics.Topic) -> Tuple[pa.Field, ...]:
+    """The archive columns of a registry entry, typed from its contract; ValueError for a column that is not
+    a str/int/float/bool field of the contract."""
+    fields = []
     for name in entry.archive_columns:
-        field = entry.contract.model_fields.get(name)
+        field = entry.contract.model_fields.get(name) if entry.contract is not None else None
         annotation = field.annotation if field is not None else None
         args = [a for a in typing.get_args(annotation) if a is not type(None)]  # Optional[X] -> X
         arrow = _ARROW_TYPES.get(args[0] if len(args) == 1 else annotation)
         if arrow is None:
-            raise ValueError(f"archive column {name!r} of {topic}: not a str/int/float/bool field of "
-                             f"{entry.contract.__name__}")
-        extra.append(pa.field(name, arrow))
-    return DEFAULT_PARSED_FIELDS + tuple(extra)
+            raise ValueError(f"archive column {name!r} of {entry.name}: not a str/int/float/bool field of "
+                             f"{getattr(entry.contract, '__name__', 'its contract')}")
+        fields.append(pa.field(name, arrow))
+    return tuple(fields)
 
 
 RAW_SORT = (("partition", "ascending"), ("offset", "ascending"))
