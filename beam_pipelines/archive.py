@@ -18,84 +18,16 @@ An hour's files are written when the watermark passes the end of the hour; late 
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 
 from beam_pipelines.common import read_records, run_pipeline, write_dead_letters
-from beam_pipelines.options import WindowOptions
+from beam_pipelines.options import ArchiveOptions, WindowOptions
 from events import topics
-from io_connectors.parquet_archive import ArchiveKafkaRecords
-from events.dead_letters import DeadLetter, ErrorKind, Tags
-from events.records import KafkaRecord
+from io_connectors.parquet_archive import ArchiveTopics
 
 TOPICS = tuple(t.name for t in topics.TOPICS)
-
-
-class ArchiveOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--archive_prefix", default="",
-                            help="Object key prefix of the archive inside the Spaces bucket, ending with '/' "
-                                 "(default: the bucket root). Tests and backfills use their own prefix.")
-
-
-def _with_event_time(record: KafkaRecord) -> TimestampedValue:
-    return TimestampedValue(record, record.timestamp_ms / 1000)
-
-
-class _SplitByTopicFn(beam.DoFn):
-    """KafkaRecord -> the output tagged with its topic; a record of another topic becomes a dead letter."""
-
-    def __init__(self, topic_names: Sequence[str]):
-        self._topics = frozenset(topic_names)
-        self._records = Metrics.counter(self.__class__, "archive_records_in")
-        self._unknown = Metrics.counter(self.__class__, "archive_unknown_topic")
-
-    def process(self, record: KafkaRecord):
-        self._records.inc()
-        if record.topic in self._topics:
-            yield beam.pvalue.TaggedOutput(record.topic, record)
-            return
-        self._unknown.inc()  # impossible with a fixed subscription; kept rather than dropped
-        yield beam.pvalue.TaggedOutput(Tags.DEAD_LETTER.value, DeadLetter.of(
-            record.value or b"", step="SplitByTopic", error_class=ErrorKind.UNKNOWN_TOPIC.value,
-            error_message=f"record of topic {record.topic!r} is not archived by this pipeline",
-            topic=record.topic, partition=record.partition, offset=record.offset,
-            event_time_ms=record.timestamp_ms))
-
-
-class ArchiveTopics(beam.PTransform):
-    """PCollection[KafkaRecord] of several topics -> hourly Parquet per topic.
-
-    Returns ({topic: files written}, dead letters in the global window). `archive_kwargs` go to every ArchiveKafkaRecords
-    (prefix, num_shards, allowed_lateness_s, late_firing_delay_s, ...).
-    """
-
-    def __init__(self, topic_names: Sequence[str], label: Optional[str] = None, **archive_kwargs):
-        super().__init__(label)
-        if not topic_names:
-            raise ValueError("ArchiveTopics needs at least one topic")
-        self._topics = tuple(topic_names)
-        self._kwargs = archive_kwargs
-
-    def expand(self, records) -> Tuple[Dict[str, beam.PCollection], beam.PCollection]:
-        split = (records
-                 | "EventTimeFromCreateTime" >> beam.Map(_with_event_time)
-                 | "SplitByTopic" >> beam.ParDo(_SplitByTopicFn(self._topics)).with_outputs(
-                     Tags.DEAD_LETTER.value, *self._topics))
-        files: Dict[str, beam.PCollection] = {}
-        dead = [split[Tags.DEAD_LETTER.value]]
-        for topic in self._topics:
-            out = split[topic] | f"Archive[{topic}]" >> ArchiveKafkaRecords(topic, **self._kwargs)
-            files[topic] = out.files
-            # dead letters keep their hourly window; Flatten needs one windowing
-            dead.append(out[Tags.DEAD_LETTER.value]
-                        | f"DeadLettersToGlobalWindow[{topic}]" >> beam.WindowInto(GlobalWindows()))
-        return files, tuple(dead) | "MergeArchiveDeadLetters" >> beam.Flatten()
 
 
 def build(p: beam.Pipeline, opts) -> None:

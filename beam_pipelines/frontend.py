@@ -21,8 +21,8 @@ import apache_beam as beam
 from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_letters
 from beam_pipelines.options import SinkOptions, TransformOptions, WindowOptions
 from events import topics
-from io_connectors.postgres import WriteToPostgres
-from events.dead_letters import KeepSource, Tags
+from io_connectors.postgres import UpsertRows, WriteToPostgres
+from events.dead_letters import Tags
 from transforms.engagement import (ENGAGEMENT_COLUMNS, ENGAGEMENT_KEYS, ENGAGEMENT_MERGE, SessionEngagement,
                                    engagement_event)
 from transforms.pii import PiiPolicy, RedactPii
@@ -34,26 +34,6 @@ from transforms.validation import validated
 STREAMS = ((topics.FRONTEND_INTERACTION, "Interactions"), (topics.FRONTEND_SESSION, "SessionAnalytics"),
            (topics.FRONTEND_WIDGET, "WidgetPerformance"))
 TOPICS = tuple(t for t, _ in STREAMS)
-
-
-class WriteFrontendAnalytics(beam.PTransform):
-    """Scored frontend events -> `frontend_analytics` (upsert on event_id; newer ts_ms wins). Returns dead
-    letters."""
-
-    def __init__(self, source_topic: str, batch_size: int = 500, max_attempts: int = 6,
-                 label: Optional[str] = None):
-        super().__init__(label)
-        self._topic = source_topic
-        self._batch_size = batch_size
-        self._max_attempts = max_attempts
-
-    def expand(self, scored):
-        return (scored
-                | "ToRow" >> beam.Map(KeepSource(frontend_to_row))
-                | "UpsertFrontendAnalytics" >> WriteToPostgres(
-                    "frontend_analytics", FRONTEND_KEYS, FRONTEND_COLUMNS, version_column="ts_ms",
-                    json_columns=FRONTEND_JSON, batch_size=self._batch_size, max_attempts=self._max_attempts,
-                    source_topic=self._topic))
 
 
 def build(p: beam.Pipeline, opts) -> None:
@@ -70,8 +50,10 @@ def build(p: beam.Pipeline, opts) -> None:
         dead_letters.append(d)  # every dead letter carries its event's own topic/partition/offset
         scored, d = validated(redacted | f"Enrich{name}" >> EnrichFrontendEvents())
         dead_letters.append(d)
-        dead_letters.append(scored | f"Write{name}" >> WriteFrontendAnalytics(
-            topic, sink.pg_batch_size, sink.pg_max_attempts))
+        dead_letters.append(scored | f"Write{name}" >> UpsertRows(
+            frontend_to_row, "frontend_analytics", FRONTEND_KEYS, FRONTEND_COLUMNS, version_column="ts_ms",
+            json_columns=FRONTEND_JSON, batch_size=sink.pg_batch_size, max_attempts=sink.pg_max_attempts,
+            source_topic=topic))
         enriched.append(scored)
 
     # Sink failures of engagement rows have no single source topic: they go to the first topic's DLQ.

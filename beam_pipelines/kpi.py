@@ -21,68 +21,47 @@ import apache_beam as beam
 from beam_pipelines.common import read_and_validate, run_pipeline, write_dead_letters
 from beam_pipelines.options import SinkOptions, TransformOptions, WindowOptions
 from events import topics
-from io_connectors.postgres import WriteToPostgres
+from events.dead_letters import KeepSource, Tags
+from io_connectors.postgres import UpsertRows, WriteToPostgres
 from io_connectors.redis_state import WriteSessionState
-from events.dead_letters import KeepSource
-from transforms.pii import RedactPii
+from transforms.pii import PiiPolicy, RedactPii
 from transforms.scoring import ScoreAgentTurns
-from transforms.turns import AGENT_TURN_JSON, AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, turn_to_row
+from transforms.turns import (AGENT_TURN_JSON, AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, session_state_event,
+                              turn_to_row)
 from transforms.validation import validated
-from events.dead_letters import Tags
 from transforms.windows import (SESSION_KPI_COLUMNS, SESSION_KPI_MERGE, SessionizeActivity, scored_turn_activity,
                                tool_activity)
 
 TOPICS = (topics.TURNS, topics.TOOLS, topics.SESSIONS)
 
 
-def session_state_event(scored) -> dict:
-    """A scored (redacted) turn -> the Redis writer's input; event time orders the state (seq)."""
-    t = scored.event
-    return {"session_id": t.session_id, "turn_id": t.turn_id, "seq": t.timestamp, "event_time_ms": t.timestamp,
-            "message": t.response_text, "channel": t.channel, "status": "active",
-            "response_time_ms": t.latency_ms}
-
-
-class WriteAgentTurns(beam.PTransform):
-    """Scored turns -> `agent_turns` (upsert on session_id, turn_id; newer ts_ms wins). Returns dead letters."""
-
-    def __init__(self, batch_size: int = 500, max_attempts: int = 6, label: Optional[str] = None):
-        super().__init__(label)
-        self._batch_size = batch_size
-        self._max_attempts = max_attempts
-
-    def expand(self, turns):
-        return (turns
-                | "ToRow" >> beam.Map(KeepSource(turn_to_row))
-                | "UpsertAgentTurns" >> WriteToPostgres(
-                    "agent_turns", AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, version_column="ts_ms",
-                    json_columns=AGENT_TURN_JSON, batch_size=self._batch_size, max_attempts=self._max_attempts,
-                    source_topic=topics.TURNS))
-
-
 def build(p: beam.Pipeline, opts) -> None:
     sink = opts.view_as(SinkOptions)
     win = opts.view_as(WindowOptions)
     xf = opts.view_as(TransformOptions)
+    policy = PiiPolicy.load(xf.pii_policy_file)  # read and checked once, when the graph is built
     events, dead = read_and_validate(p, opts, TOPICS)
     dead_letters = [dead]
 
-    turns, d = validated(events[topics.TURNS] | "RedactTurns" >> RedactPii(xf.pii_policy_file, topics.TURNS))
+    turns, d = validated(events[topics.TURNS] | "RedactTurns" >> RedactPii(policy, topics.TURNS))
     dead_letters.append(d)
     scored, d = validated(turns | "ScoreTurns" >> ScoreAgentTurns(xf.price_table_file))
     dead_letters.append(d)
-    dead_letters.append(scored | "WriteAgentTurns" >> WriteAgentTurns(sink.pg_batch_size, sink.pg_max_attempts))
+    dead_letters.append(scored | "WriteAgentTurns" >> UpsertRows(
+        turn_to_row, "agent_turns", AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, version_column="ts_ms",
+        json_columns=AGENT_TURN_JSON, batch_size=sink.pg_batch_size, max_attempts=sink.pg_max_attempts,
+        source_topic=topics.TURNS))
     dead_letters.append(scored
                         | "ToSessionState" >> beam.Map(KeepSource(session_state_event))
                         | "WriteRedisSessionState" >> WriteSessionState(
-                            ttl_seconds=xf.redis_ttl_seconds, source_topic=topics.TURNS))
+                            ttl_seconds=xf.redis_ttl_seconds, batch_size=sink.redis_batch_size,
+                            max_attempts=sink.redis_max_attempts, source_topic=topics.TURNS))
 
-    tools, d = validated(events[topics.TOOLS] | "RedactTools" >> RedactPii(xf.pii_policy_file, topics.TOOLS))
+    tools, d = validated(events[topics.TOOLS] | "RedactTools" >> RedactPii(policy, topics.TOOLS))
     dead_letters.append(d)
     # Session updates are validated and redacted (bad ones reach their DLQ); the KPIs derive from turns and
     # tool calls, which carry the counts themselves.
-    _, d = validated(events[topics.SESSIONS] | "RedactSessionUpdates" >> RedactPii(
-        xf.pii_policy_file, topics.SESSIONS))
+    _, d = validated(events[topics.SESSIONS] | "RedactSessionUpdates" >> RedactPii(policy, topics.SESSIONS))
     dead_letters.append(d)
 
     activity = ((scored | "TurnActivity" >> beam.Map(scored_turn_activity),

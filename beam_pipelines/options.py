@@ -75,6 +75,10 @@ class SinkOptions(PipelineOptions):
                             help="Rows per Postgres upsert round trip.")
         parser.add_argument("--pg_max_attempts", type=int, default=6,
                             help="Attempts for a batch on transient Postgres errors (jittered backoff).")
+        parser.add_argument("--redis_batch_size", type=int, default=500,
+                            help="Session events buffered per Redis write (sent as pipelines of 100 scripts).")
+        parser.add_argument("--redis_max_attempts", type=int, default=6,
+                            help="Attempts for a batch on transient Redis errors (jittered backoff).")
 
 
 class WindowOptions(PipelineOptions):
@@ -94,6 +98,14 @@ class WindowOptions(PipelineOptions):
                             help="Late archive data is batched into one extra file per this delay (seconds).")
         parser.add_argument("--archive_shards", type=int, default=1,
                             help="Parquet files per topic and hour (write parallelism).")
+
+
+class ArchiveOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--archive_prefix", default="",
+                            help="Object key prefix of the archive inside the Spaces bucket, ending with '/' "
+                                 "(default: the bucket root). Tests and backfills use their own prefix.")
 
 
 class TransformOptions(PipelineOptions):

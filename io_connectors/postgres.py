@@ -6,8 +6,8 @@ written in Postgres' text form) and returns the PCollection of `DeadLetter` for 
 
 How it writes (see benchmarks/bench_sinks.py for the figures behind the choices):
 - per DoFn instance one `PostgresUpserter` (one connection, autocommit), opened in setup(), closed in
-  teardown(); rows are buffered per window and flushed at `batch_size` or at the end of the bundle, dead
-  letters keep the window and timestamp of their row;
+  teardown(); one buffer per bundle, flushed at `batch_size` rows or at the end of the bundle, dead letters
+  keep the window and timestamp of their row (io_connectors.buffered_sink);
 - one round trip per batch (`method="copy"`, the default): a single simple-query message
   `COPY stage FROM STDIN; INSERT INTO t SELECT ... FROM stage ON CONFLICT (keys) DO UPDATE ... WHERE
   stored.version <= EXCLUDED.version; TRUNCATE stage` against a per-connection temp table, one implicit
@@ -31,19 +31,17 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 import zlib
 from collections import defaultdict
 from datetime import date, datetime
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.utils.windowed_value import WindowedValue
 
 from io_connectors.retry import with_retries
 from io_connectors.settings import PostgresSettings
-from events.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
+from events.dead_letters import KeepSource, Tags
+from io_connectors.buffered_sink import BufferedSinkFn
 
 log = logging.getLogger(__name__)
 
@@ -292,65 +290,19 @@ class PostgresUpserter:
         return self._write_unique(rows[:mid]) + self._write_unique(rows[mid:])
 
 
-class _UpsertFn(beam.DoFn):
-    """Buffers rows per window, writes each batch in one round trip, emits refused rows as dead letters."""
+class _UpsertFn(BufferedSinkFn):
+    """One PostgresUpserter per DoFn instance; batches of `batch_size` rows (see io_connectors.buffered_sink)."""
 
     def __init__(self, upserter_args: Dict[str, Any], batch_size: int, source_topic: Optional[str]):
-        self._args = upserter_args
-        self._batch_size = batch_size
-        self._source_topic = source_topic
         table = upserter_args["table"]
-        self._step = f"WriteToPostgres[{table}]"
-        self._rows_written = Metrics.counter(self.__class__, f"{table}_rows_written")
-        self._retries = Metrics.counter(self.__class__, f"{table}_transient_retries")
-        self._dead = Metrics.counter(self.__class__, f"{table}_dead_letters")
-        self._batch_ms = Metrics.distribution(self.__class__, f"{table}_batch_latency_ms")
-        self._batch_rows = Metrics.distribution(self.__class__, f"{table}_batch_rows")
-        self._upserter: Optional[PostgresUpserter] = None
+        super().__init__(step=f"WriteToPostgres[{table}]", batch_size=batch_size, source_topic=source_topic,
+                         written=f"{table}_rows_written", retries=f"{table}_transient_retries",
+                         dead_letters=f"{table}_dead_letters", batch_latency_ms=f"{table}_batch_latency_ms",
+                         batch_rows=f"{table}_batch_rows", json_default=_json_default)
+        self._args = upserter_args
 
-    def setup(self):
-        self._upserter = PostgresUpserter(**self._args)
-        self._upserter.connect()
-
-    def teardown(self):
-        if self._upserter is not None:
-            self._upserter.close()
-
-    def start_bundle(self):
-        self._buffers: Dict[Any, List[Tuple[Dict[str, Any], Any]]] = defaultdict(list)
-
-    def process(self, row: Dict[str, Any], window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
-        buf = self._buffers[window]
-        buf.append((row, timestamp))
-        if len(buf) >= self._batch_size:
-            self._buffers[window] = []
-            yield from self._flush(window, buf)
-
-    def finish_bundle(self):
-        buffers, self._buffers = self._buffers, defaultdict(list)
-        for window, buf in buffers.items():
-            yield from self._flush(window, buf)
-
-    def _flush(self, window, buf: List[Tuple[Dict[str, Any], Any]]):
-        if not buf:
-            return
-        t0 = time.monotonic()
-        retries_before = self._upserter.retries
-        refused = self._upserter.write([r for r, _ in buf])
-        self._retries.inc(self._upserter.retries - retries_before)
-        self._batch_ms.update(int((time.monotonic() - t0) * 1000))
-        self._batch_rows.update(len(buf))
-        self._rows_written.inc(len(buf) - len(refused))
-        if not refused:
-            return
-        ts_of = {id(r): ts for r, ts in buf}
-        for row, reason in refused:
-            self._dead.inc()
-            ts = ts_of.get(id(row), window.max_timestamp())
-            dl = DeadLetter.of(json.dumps(without_source(row), default=_json_default, sort_keys=True).encode(),
-                               step=self._step, error_class=ErrorKind.SINK_PERMANENT.value, error_message=reason,
-                               topic=self._source_topic, source=source_of(row), event_time_ms=int(ts.micros // 1000))
-            yield beam.pvalue.TaggedOutput(Tags.DEAD_LETTER.value, WindowedValue(dl, ts, [window]))
+    def make_writer(self) -> PostgresUpserter:
+        return PostgresUpserter(**self._args)
 
 
 class WriteToPostgres(beam.PTransform):
@@ -388,3 +340,20 @@ class WriteToPostgres(beam.PTransform):
     def expand(self, rows):
         out = rows | "Upsert" >> beam.ParDo(self._fn).with_outputs(Tags.DEAD_LETTER.value, main="written")
         return out[Tags.DEAD_LETTER.value]
+
+
+class UpsertRows(beam.PTransform):
+    """Events -> rows (`to_row`, each row keeping its event's source position) -> WriteToPostgres(table, ...).
+
+    The steps are `ToRow` and `Upsert<Table>` (agent_turns -> UpsertAgentTurns). Returns the dead letters."""
+
+    def __init__(self, to_row: Callable[[Any], Dict[str, Any]], table: str, key_columns: Sequence[str],
+                 columns: Sequence[str], label: Optional[str] = None, **write_kwargs):
+        super().__init__(label)
+        self._to_row = KeepSource(to_row)
+        self._table = table
+        self._write = WriteToPostgres(table, key_columns, columns, **write_kwargs)
+
+    def expand(self, events):
+        upsert = "Upsert" + "".join(word.title() for word in self._table.split("_"))
+        return events | "ToRow" >> beam.Map(self._to_row) | upsert >> self._write

@@ -37,21 +37,17 @@ need a hash tag (`session:{<id>}:...`), which DigitalOcean Managed Redis (not cl
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.utils.windowed_value import WindowedValue
 
 from io_connectors import settings as _settings
 from io_connectors.retry import with_retries
 from io_connectors.settings import RedisSettings
-from events.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
+from events.dead_letters import Tags
+from io_connectors.buffered_sink import BufferedSinkFn
 
 log = logging.getLogger(__name__)
 
@@ -216,57 +212,19 @@ class SessionStateWriter:
         return refused
 
 
-class _WriteSessionStateFn(beam.DoFn):
+class _WriteSessionStateFn(BufferedSinkFn):
+    """One SessionStateWriter per DoFn instance; batches of `batch_size` events (io_connectors.buffered_sink)."""
+
     def __init__(self, ttl_seconds: int, batch_size: int, max_attempts: int,
                  settings: Optional[RedisSettings], source_topic: Optional[str], pipeline_events: int):
-        self._ttl, self._batch_size, self._max_attempts = ttl_seconds, batch_size, max_attempts
-        self._pipeline_events = pipeline_events
-        self._settings, self._source_topic = settings, source_topic
-        self._written = Metrics.counter(self.__class__, "session_events_written")
-        self._retries = Metrics.counter(self.__class__, "redis_transient_retries")
-        self._dead = Metrics.counter(self.__class__, "redis_dead_letters")
-        self._batch_ms = Metrics.distribution(self.__class__, "redis_batch_latency_ms")
-        self._writer: Optional[SessionStateWriter] = None
+        super().__init__(step="WriteSessionState", batch_size=batch_size, source_topic=source_topic,
+                         written="session_events_written", retries="redis_transient_retries",
+                         dead_letters="redis_dead_letters", batch_latency_ms="redis_batch_latency_ms")
+        self._ttl, self._max_attempts = ttl_seconds, max_attempts
+        self._pipeline_events, self._settings = pipeline_events, settings
 
-    def setup(self):
-        self._writer = SessionStateWriter(self._ttl, self._max_attempts, self._settings, self._pipeline_events)
-        self._writer.connect()
-
-    def teardown(self):
-        if self._writer is not None:
-            self._writer.close()
-
-    def start_bundle(self):
-        self._buffers: Dict[Any, List[Tuple[Dict[str, Any], Any]]] = defaultdict(list)
-
-    def process(self, event: Dict[str, Any], window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
-        buf = self._buffers[window]
-        buf.append((event, timestamp))
-        if len(buf) >= self._batch_size:
-            self._buffers[window] = []
-            yield from self._flush(window, buf)
-
-    def finish_bundle(self):
-        buffers, self._buffers = self._buffers, defaultdict(list)
-        for window, buf in buffers.items():
-            yield from self._flush(window, buf)
-
-    def _flush(self, window, buf):
-        t0 = time.monotonic()
-        retries_before = self._writer.retries
-        refused = self._writer.write([e for e, _ in buf])
-        self._retries.inc(self._writer.retries - retries_before)
-        self._batch_ms.update(int((time.monotonic() - t0) * 1000))
-        self._written.inc(len(buf) - len(refused))
-        ts_of = {id(e): ts for e, ts in buf}
-        for event, reason in refused:
-            self._dead.inc()
-            ts = ts_of[id(event)]
-            dl = DeadLetter.of(json.dumps(without_source(event), default=str, sort_keys=True).encode(),
-                               step="WriteSessionState", error_class=ErrorKind.SINK_PERMANENT.value,
-                               error_message=reason, topic=self._source_topic, source=source_of(event),
-                               event_time_ms=int(ts.micros // 1000))
-            yield beam.pvalue.TaggedOutput(Tags.DEAD_LETTER.value, WindowedValue(dl, ts, [window]))
+    def make_writer(self) -> SessionStateWriter:
+        return SessionStateWriter(self._ttl, self._max_attempts, self._settings, self._pipeline_events)
 
 
 class WriteSessionState(beam.PTransform):

@@ -55,3 +55,11 @@ def turn_to_row(turn: Union[AgentTurnCompleted, Scored]) -> Dict[str, Any]:
     for col in AGENT_TURN_SCORE_COLUMNS:
         row[col] = scores.get(col)
     return row
+
+
+def session_state_event(scored: Scored) -> Dict[str, Any]:
+    """A scored (redacted) turn -> the Redis session-state writer's input; event time orders the state (seq)."""
+    t = scored.event
+    return {"session_id": t.session_id, "turn_id": t.turn_id, "seq": t.timestamp, "event_time_ms": t.timestamp,
+            "message": t.response_text, "channel": t.channel, "status": "active",
+            "response_time_ms": t.latency_ms}

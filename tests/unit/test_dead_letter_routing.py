@@ -191,10 +191,10 @@ def test_frontend_no_longer_patches_dead_letters():
 
 def test_scored_events_keep_the_source_for_sinks():
     from events.dead_letters import KeepSource, source_of
-    from transforms.turns import turn_to_row
+    from transforms.turns import session_state_event, turn_to_row
 
     ev = CONTRACTS[topics.TURNS].model_validate_json(_turn("s", 1)).with_source(topics.TURNS, 2, 3)
     row = KeepSource(turn_to_row)(Scored(ev, {"scorer_version": "1"}))
     assert source_of(row) == (topics.TURNS, 2, 3)
-    state = KeepSource(kpi.session_state_event)(Scored(ev, {}))
+    state = KeepSource(session_state_event)(Scored(ev, {}))
     assert source_of(state) == (topics.TURNS, 2, 3) and state["turn_id"] == "t1"

@@ -391,7 +391,6 @@ def test_main_exits_1_with_the_cause_when_the_job_fails(monkeypatch, tmp_path, c
 
 
 def test_help_lists_the_pipeline_options_first_grouped_and_short(capsys):
-    import beam_pipelines.archive  # noqa: F401 - declares ArchiveOptions, as `python -m beam_pipelines.archive` does
     from beam_pipelines.options import finalize_options
 
     with pytest.raises(SystemExit):
