@@ -1,4 +1,4 @@
-"""Local stack without Docker: `python -m devstack up | status | down | env`.
+"""Local stack without Docker: `python -m devstack up | status | down | restart-taskmanager | env | logs`.
 
 Fetches everything from package registries (Debian, Maven Central, PyPI, the Go module proxy), caches it
 under $DEVSTACK_HOME (default /var/tmp/iheardai-devstack), and runs real processes: Postgres, Redis, an

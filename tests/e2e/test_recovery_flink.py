@@ -31,7 +31,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from devstack import stack as devstack
+from devstack.config import PORTS
+from devstack.process import pid_alive, port_open, read_pid
 from events import topics
 from tests.e2e.flink_helpers import (REPO, commit_group_at_end, dead_letters_at, end_offsets, flink_get, jobs_by_name,
                                      poll, python, readme_pipeline)
@@ -176,12 +177,12 @@ def _assert_nothing_lost(pg_conn, run_id: str, workload: TurnWorkload, bootstrap
 def _kill_worker_pool() -> int:
     """SIGKILL the Beam Python worker pool's process group (the pool and the SDK workers it started), as a
     crashed pod would lose them; return the pool's pid."""
-    pid = devstack.read_pid("worker-pool")
+    pid = read_pid("worker-pool")
     assert pid is not None, "the worker pool is not running"
     # devstack starts every service in its own session: its process group is its own, never ours
     assert os.getpgid(pid) == pid != os.getpgid(0), f"worker pool {pid} is not a process-group leader"
     os.killpg(pid, signal.SIGKILL)
-    poll(lambda: not devstack.pid_alive(pid) and not devstack.port_open(devstack.PORTS["worker-pool"]), 30,
+    poll(lambda: not pid_alive(pid) and not port_open(PORTS["worker-pool"]), 30,
          f"worker pool {pid} to be gone", 0.2)
     return pid
 
@@ -192,8 +193,8 @@ def _stack_up(old_pid: Optional[int]) -> str:
                           timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    new = devstack.read_pid("worker-pool")
-    assert new is not None and new != old_pid and devstack.port_open(devstack.PORTS["worker-pool"]), out[-2000:]
+    new = read_pid("worker-pool")
+    assert new is not None and new != old_pid and port_open(PORTS["worker-pool"]), out[-2000:]
     pool_line = next(line for line in out.splitlines() if "worker-pool" in line)
     assert " up in " in pool_line, pool_line  # started anew, not "already up"
     return pool_line.strip()
@@ -203,9 +204,9 @@ def _stack_up(old_pid: Optional[int]) -> str:
 def whole_stack():
     """Whatever a test did to the worker pool, the stack is whole again after it."""
     yield
-    if not devstack.port_open(devstack.PORTS["worker-pool"]):
+    if not port_open(PORTS["worker-pool"]):
         subprocess.run([python(), "-m", "devstack", "up"], cwd=str(REPO), timeout=300)
-    assert devstack.port_open(devstack.PORTS["worker-pool"]), "the worker pool did not come back"
+    assert port_open(PORTS["worker-pool"]), "the worker pool did not come back"
 
 
 class _PacedProduction(threading.Thread):

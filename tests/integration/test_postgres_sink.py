@@ -123,15 +123,16 @@ def test_configuration_errors_fail_loudly(stack):
 
 def _restart_postgres():
     """Fast shutdown (sessions get admin_shutdown 57P01), then start again with the devstack functions."""
-    from devstack import stack
+    from devstack.process import pid_alive, wait_until
+    from devstack.services import postgres
 
-    pid = int((stack.PGDATA / "postmaster.pid").read_text().split()[0])
+    pid = int((postgres.PGDATA / "postmaster.pid").read_text().split()[0])
     os.kill(pid, signal.SIGINT)
     deadline = time.monotonic() + 30
-    while stack.pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc = stack.pg_start()
-    stack.wait_until("postgres", stack.pg_healthy, 60, proc)
+    proc = postgres.pg_start()
+    wait_until("postgres", postgres.pg_healthy, 60, proc)
 
 
 def test_postgres_restart_mid_stream_loses_and_duplicates_nothing(pg_settings, run_id):

@@ -1,0 +1,79 @@
+"""Where the local stack lives and what it listens on: paths under $DEVSTACK_HOME, the port table and the
+generated settings file ($DEVSTACK_HOME/devstack.env) that the pipelines and tests read.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ.get("DEVSTACK_HOME", "/var/tmp/iheardai-devstack"))
+DOWNLOADS = HOME / "downloads"
+DATA = HOME / "data"
+RUN = HOME / "run"
+LOGS = HOME / "logs"
+ENV_FILE = HOME / "devstack.env"
+
+PORTS = {
+    "postgres": 5432,
+    "redis": 6379,
+    "s3": 9000,
+    "kafka": 9092,
+    "kafka-controller": 9093,
+    "flink": 8081,
+    "worker-pool": 50000,
+    "expansion-service": 8097,
+    "job-server": 8099,
+    "job-server-artifacts": 8098,
+    "job-server-expansion": 8096,
+}
+
+
+def load_env_file() -> dict:
+    env = {}
+    if ENV_FILE.exists():
+        for line in ENV_FILE.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                env[k.strip()] = v.strip()
+    return env
+
+
+def ensure_env_file() -> dict:
+    """Local credentials: generated once, kept in a 0600 file, never printed."""
+    env = load_env_file()
+    wanted = {
+        "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{PORTS['kafka']}",
+        "POSTGRES_HOST": "localhost",
+        "POSTGRES_PORT": str(PORTS["postgres"]),
+        "POSTGRES_DB": "iheardai",
+        "POSTGRES_USER": "iheardai",
+        "POSTGRES_PASSWORD": secrets.token_urlsafe(18),
+        "POSTGRES_SSLMODE": "disable",
+        "REDIS_HOST": "localhost",
+        "REDIS_PORT": str(PORTS["redis"]),
+        "REDIS_PASSWORD": secrets.token_urlsafe(18),
+        "SPACES_ENDPOINT": f"http://localhost:{PORTS['s3']}",
+        "SPACES_REGION": "us-east-1",
+        "SPACES_BUCKET": "iheardai-archive",
+        "SPACES_ACCESS_KEY": "dev" + secrets.token_hex(8),
+        "SPACES_SECRET_KEY": secrets.token_urlsafe(24),
+        "PII_HMAC_KEY": secrets.token_hex(32),
+        "FLINK_REST_URL": f"http://localhost:{PORTS['flink']}",
+        "BEAM_JOB_ENDPOINT": f"localhost:{PORTS['job-server']}",
+        "BEAM_EXPANSION_SERVICE": f"localhost:{PORTS['expansion-service']}",
+        "BEAM_WORKER_POOL": f"localhost:{PORTS['worker-pool']}",
+    }
+    changed = False
+    for k, v in wanted.items():
+        if k not in env:
+            env[k] = v
+            changed = True
+    if changed:
+        HOME.mkdir(parents=True, exist_ok=True)
+        ENV_FILE.write_text("# written by `python -m devstack up`; local credentials only\n"
+                            + "".join(f"{k}={v}\n" for k, v in env.items()))
+        os.chmod(ENV_FILE, 0o600)
+    return env

@@ -1,0 +1,121 @@
+"""Flink standalone cluster (JobManager + one TaskManager) from the PyPI apache-flink wheels."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from devstack import versions
+from devstack.config import DATA, DOWNLOADS, LOGS, PORTS, RUN
+from devstack.process import http_json, java_bin, log, pid_alive, read_pid, run, spawn, wait_until
+from devstack.services import Service
+
+
+FLINK_DIST = DOWNLOADS / f"flink-{versions.FLINK}"
+FLINK_HOME = FLINK_DIST / "pyflink"
+FLINK_CONF = RUN / "flink-conf"
+
+
+def flink_install() -> None:
+    if (FLINK_HOME / "bin" / "jobmanager.sh").exists():
+        return
+    log(f"fetching Flink {versions.FLINK} from PyPI (apache-flink wheels, outside the project venv)")
+    tmp = FLINK_DIST.with_name(FLINK_DIST.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", tmp,
+         f"apache-flink=={versions.FLINK}", f"apache-flink-libraries=={versions.FLINK}"], "flink")
+    tmp.rename(FLINK_DIST)
+
+
+def _flink_conf() -> None:
+    FLINK_CONF.mkdir(parents=True, exist_ok=True)
+    for f in (FLINK_HOME / "conf").glob("log4j*.properties"):
+        shutil.copy(f, FLINK_CONF / f.name)
+    java_opts = ""
+    for line in (FLINK_HOME / "conf" / "config.yaml").read_text().splitlines():
+        if line.strip().startswith("all: --add"):
+            java_opts = line.strip()[len("all: "):]
+    slots = int(os.environ.get("DEVSTACK_FLINK_SLOTS", "8"))
+    (FLINK_CONF / "config.yaml").write_text("\n".join([
+        f"env.java.opts.all: {java_opts}",
+        "jobmanager.bind-host: localhost",
+        "jobmanager.rpc.address: localhost",
+        "jobmanager.rpc.port: 6123",
+        "jobmanager.memory.process.size: 1600m",
+        "jobmanager.execution.failover-strategy: region",
+        "taskmanager.bind-host: localhost",
+        "taskmanager.host: localhost",
+        f"taskmanager.numberOfTaskSlots: {slots}",
+        "taskmanager.memory.process.size: 4096m",
+        # Every Beam job loads the ~200 MB job jar (EMBEDDED Java harness) in its own classloader.
+        "taskmanager.memory.jvm-metaspace.size: 1024m",
+        # A job that keeps failing backs off instead of reloading classes in a tight loop.
+        # A killed TaskManager (restart_taskmanager) is noticed in seconds, not the default 50 s.
+        "heartbeat.interval: 3000",
+        "heartbeat.timeout: 15000",
+        "restart-strategy.type: exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff: 1 s",
+        "restart-strategy.exponential-delay.max-backoff: 60 s",
+        "parallelism.default: 1",
+        "rest.address: localhost",
+        "rest.bind-address: localhost",
+        f"rest.port: {PORTS['flink']}",
+        f"state.checkpoints.dir: file://{DATA / 'flink-checkpoints'}",
+        f"state.savepoints.dir: file://{DATA / 'flink-savepoints'}",
+        f"io.tmp.dirs: {DATA / 'flink-tmp'}",
+        f"blob.storage.directory: {DATA / 'flink-blobs'}",
+        "",
+    ]))
+
+
+def _flink_env() -> dict:
+    return {"FLINK_HOME": str(FLINK_HOME), "FLINK_CONF_DIR": str(FLINK_CONF), "FLINK_LOG_DIR": str(LOGS / "flink"),
+            "JAVA_HOME": os.environ.get("JAVA_HOME") or str(Path(os.path.realpath(java_bin())).parent.parent)}
+
+
+def flink_start() -> subprocess.Popen:
+    _flink_conf()
+    (LOGS / "flink").mkdir(parents=True, exist_ok=True)
+    (DATA / "flink-tmp").mkdir(parents=True, exist_ok=True)
+    jm = spawn("flink", ["bash", FLINK_HOME / "bin/jobmanager.sh", "start-foreground"], env=_flink_env())
+    return jm
+
+
+def flink_after_start() -> None:
+    if read_pid("flink-taskmanager") is None:
+        tm = spawn("flink-taskmanager", ["bash", FLINK_HOME / "bin/taskmanager.sh", "start-foreground"],
+                   env=_flink_env())
+    else:
+        tm = None
+    wait_until("flink-taskmanager",
+               lambda: http_json(f"http://localhost:{PORTS['flink']}/overview")["taskmanagers"] >= 1, 90, tm)
+
+
+def restart_taskmanager(timeout_s: float = 90) -> None:
+    """A fresh TaskManager: the EMBEDDED Java harness leaks Kafka producer threads and classes of cancelled
+    jobs into the TaskManager JVM, so long test sessions recycle it (running jobs restart on the new one)."""
+    pid = read_pid("flink-taskmanager")
+    if pid is not None:
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    # The JobManager notices the lost TaskManager after its heartbeat timeout; wait for the new one to register.
+    old = {t["id"] for t in http_json(f"http://localhost:{PORTS['flink']}/taskmanagers")["taskmanagers"]}
+    tm = spawn("flink-taskmanager", ["bash", FLINK_HOME / "bin/taskmanager.sh", "start-foreground"], env=_flink_env())
+    wait_until("flink-taskmanager", lambda: any(
+        t["id"] not in old for t in http_json(f"http://localhost:{PORTS['flink']}/taskmanagers")["taskmanagers"]),
+        timeout_s, tm)
+
+
+def flink_healthy() -> bool:
+    return "flink-version" in http_json(f"http://localhost:{PORTS['flink']}/overview")
+
+
+SERVICE = Service("flink", PORTS["flink"], flink_install, flink_start, flink_healthy, 90, flink_after_start,
+                  f"http://localhost:{PORTS['flink']} (dashboard + REST)", ["flink-taskmanager"])

@@ -1,0 +1,111 @@
+"""Kafka (KRaft, single node) from Maven Central jars; the project's topics from events.topics."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import List
+
+from devstack import versions
+from devstack.config import DATA, DOWNLOADS, PORTS, REPO, RUN
+from devstack.process import StackError, java_bin, log, port_open, run, spawn
+from devstack.services import Service
+
+
+KAFKA_LIB = DOWNLOADS / f"kafka-{versions.KAFKA}" / "lib"
+
+
+def kafka_install() -> None:
+    if KAFKA_LIB.exists() and any(KAFKA_LIB.glob("kafka_2.13-*.jar")):
+        return
+    log(f"fetching Kafka {versions.KAFKA} from Maven Central (first run only)")
+    tmp = KAFKA_LIB.with_name("lib.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    run(["mvn", "-q", "-B", "-f", REPO / "devstack/maven/kafka/pom.xml", f"-Dkafka.version={versions.KAFKA}",
+         "dependency:copy-dependencies", f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"], "kafka")
+    tmp.rename(KAFKA_LIB)
+
+
+def _kafka_conf() -> Path:
+    data = DATA / "kafka"
+    conf = RUN / "kafka-server.properties"
+    RUN.mkdir(parents=True, exist_ok=True)
+    conf.write_text("\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@localhost:{PORTS['kafka-controller']}",
+        f"listeners=PLAINTEXT://localhost:{PORTS['kafka']},CONTROLLER://localhost:{PORTS['kafka-controller']}",
+        f"advertised.listeners=PLAINTEXT://localhost:{PORTS['kafka']}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={data}",
+        "num.partitions=3",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=10",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=false",
+        "",
+    ]))
+    log4j = RUN / "kafka-log4j2.properties"
+    log4j.write_text("rootLogger.level=INFO\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
+                     "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
+                     "appender.stdout.layout.type=PatternLayout\n"
+                     "appender.stdout.layout.pattern=[%d] %p %m (%c)%n\n"
+                     "logger.kafka.name=kafka\nlogger.kafka.level=WARN\n"
+                     "logger.apache.name=org.apache.kafka\nlogger.apache.level=WARN\n")
+    return conf
+
+
+def _kafka_java(main: str, *args) -> List[str]:
+    return [java_bin(), "-Xmx768m", "-Xms256m", f"-Dlog4j2.configurationFile={RUN / 'kafka-log4j2.properties'}",
+            "-cp", f"{KAFKA_LIB}/*", main, *map(str, args)]
+
+
+def kafka_start() -> subprocess.Popen:
+    conf = _kafka_conf()
+    data = DATA / "kafka"
+    if not (data / "meta.properties").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        cluster_id = subprocess.run(_kafka_java("kafka.tools.StorageTool", "random-uuid"),
+                                    capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        run(_kafka_java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", conf, "--ignore-formatted"),
+            "kafka")
+    return spawn("kafka", _kafka_java("kafka.Kafka", conf))
+
+
+def kafka_healthy() -> bool:
+    if not port_open(PORTS["kafka"]):
+        return False
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient({"bootstrap.servers": f"localhost:{PORTS['kafka']}"}).list_topics(timeout=3)
+    return len(md.brokers) >= 1
+
+
+def kafka_after_start() -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from events.topics import all_topics
+
+    admin = AdminClient({"bootstrap.servers": f"localhost:{PORTS['kafka']}"})
+    existing = set(admin.list_topics(timeout=10).topics)
+    new = [NewTopic(t.name, t.partitions, 1, config={"retention.ms": str(t.retention_ms),
+                                                      "cleanup.policy": t.cleanup_policy})
+           for t in all_topics() if t.name not in existing]
+    if new:
+        for name, fut in admin.create_topics(new).items():
+            try:
+                fut.result(30)
+            except Exception as e:  # noqa: BLE001
+                if "TOPIC_ALREADY_EXISTS" not in str(e):
+                    raise StackError(f"kafka: creating topic {name} failed: {e}") from e
+        log(f"created {len(new)} Kafka topics")
+
+
+SERVICE = Service("kafka", PORTS["kafka"], kafka_install, kafka_start, kafka_healthy, 90, kafka_after_start,
+                  f"localhost:{PORTS['kafka']}")
