@@ -80,8 +80,11 @@ def status() -> int:
 
 
 def down() -> int:
+    stops = {svc.name: svc.stop for svc in SERVICES if svc.stop is not None}
     names = [n for svc in reversed(SERVICES) for n in (*svc.extra_pids, svc.name)]
     for name in names:
+        if name in stops and read_pid(name) is not None:
+            stops[name]()
         pid = read_pid(name)
         if pid is None:
             continue

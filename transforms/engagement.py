@@ -10,15 +10,14 @@ session that paused longer than gap + lateness, so the row is the whole session_
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-import apache_beam as beam
 
 from events.dead_letters import source_of
-from transforms.keyed_totals import Aggregate, KeyedTotals, Slotted
-from transforms.rows import frontend_event_id
+from transforms.keyed_totals import Slotted
+from transforms.rows import frontend_event_id, utc
+from transforms.sessions import SessionAggregate, SessionTotals, generation_base, generation_merge
 from transforms.scoring import FUNNEL, Scored
 
 ENGAGEMENT_COLUMNS = ("session_id", "user_id", "events", "duration_ms", "furthest_stage", "started_at", "ended_at",
@@ -85,13 +84,7 @@ class Engagement(Slotted):
             self.user_id, self.user_ms = e.user_id, e.ts_ms
 
 
-class SessionEngagementAggregate(Aggregate):
-    def __init__(self, gap_s: int, allowed_lateness_s: int):
-        self._close_after_ms = (gap_s + allowed_lateness_s) * 1000
-
-    def key(self, e: EngagementEvent) -> str:
-        return e.session_id
-
+class SessionEngagementAggregate(SessionAggregate):
     def item_id(self, e: EngagementEvent) -> str:
         return e.event_id
 
@@ -107,59 +100,34 @@ class SessionEngagementAggregate(Aggregate):
     def last_ms(self, totals: Engagement) -> int:
         return totals.last_ms
 
-    def final_at_ms(self, key: str, totals: Engagement) -> int:
-        return totals.last_ms + self._close_after_ms
-
     def row(self, session_id: str, g: Engagement, final: bool, version: int) -> Dict[str, Any]:
         return {
             "session_id": session_id, "user_id": g.user_id, "events": g.events,
             "duration_ms": g.last_ms - g.first_ms,
             "furthest_stage": FUNNEL[g.best_rank] if g.best_rank >= 0 else None,
-            "started_at": _utc(g.first_ms), "ended_at": _utc(g.last_ms), "is_final": final,
+            "started_at": utc(g.first_ms), "ended_at": utc(g.last_ms), "is_final": final,
             "pane_version": version, "updated_at": datetime.now(tz=timezone.utc),
         }
 
 
-_NEW = "EXCLUDED.started_at > stored.ended_at"
 _STAGES = "ARRAY[" + ", ".join(f"'{s}'" for s in FUNNEL) + "]::text[]"
-_BASE_STAGE = f"CASE WHEN {_NEW} THEN stored.furthest_stage ELSE stored.base_furthest_stage END"
-_BASE_START = f"CASE WHEN {_NEW} THEN stored.started_at ELSE stored.base_started_at END"
-# Rows are one generation of a session each (see transforms.keyed_totals): a generation that starts after
-# the stored row's last event is added to it; a newer row of the same generation replaces its part.
-ENGAGEMENT_MERGE = (
-    " ON CONFLICT (session_id) DO UPDATE SET "
-    "user_id = COALESCE(stored.user_id, EXCLUDED.user_id), "
-    f"base_events = CASE WHEN {_NEW} THEN stored.events ELSE stored.base_events END, "
-    f"events = CASE WHEN {_NEW} THEN stored.events ELSE stored.base_events END + EXCLUDED.events, "
-    f"base_furthest_stage = {_BASE_STAGE}, "
-    f"furthest_stage = CASE WHEN coalesce(array_position({_STAGES}, ({_BASE_STAGE})::text), 0) "
-    f"> coalesce(array_position({_STAGES}, EXCLUDED.furthest_stage::text), 0) "
-    f"THEN {_BASE_STAGE} ELSE EXCLUDED.furthest_stage END, "
-    f"base_started_at = {_BASE_START}, "
-    f"started_at = LEAST({_BASE_START}, EXCLUDED.started_at), "
-    "ended_at = EXCLUDED.ended_at, "
-    f"duration_ms = (extract(epoch FROM EXCLUDED.ended_at - LEAST({_BASE_START}, EXCLUDED.started_at)) "
-    "* 1000)::bigint, "
-    f"generations = stored.generations + CASE WHEN {_NEW} THEN 1 ELSE 0 END, "
-    "is_final = EXCLUDED.is_final, pane_version = EXCLUDED.pane_version, updated_at = EXCLUDED.updated_at "
-    f"WHERE {_NEW} OR stored.pane_version <= EXCLUDED.pane_version")
+_BASE_STAGE = generation_base("furthest_stage")
+# Rows are one generation of a session each (transforms.sessions).
+ENGAGEMENT_MERGE = generation_merge(
+    "session_id", ("events",),
+    ["user_id = COALESCE(stored.user_id, EXCLUDED.user_id)",
+     f"base_furthest_stage = {_BASE_STAGE}",
+     f"furthest_stage = CASE WHEN coalesce(array_position({_STAGES}, ({_BASE_STAGE})::text), 0) "
+     f"> coalesce(array_position({_STAGES}, EXCLUDED.furthest_stage::text), 0) "
+     f"THEN {_BASE_STAGE} ELSE EXCLUDED.furthest_stage END",
+     f"duration_ms = (extract(epoch FROM EXCLUDED.ended_at - LEAST({generation_base('started_at')}, "
+     "EXCLUDED.started_at)) * 1000)::bigint"],
+    updated_at="EXCLUDED.updated_at")
 
 
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
-
-class SessionEngagement(beam.PTransform):
+class SessionEngagement(SessionTotals):
     """PCollection[EngagementEvent] -> {"rows": engagement rows (ENGAGEMENT_COLUMNS), dead_letter: late}."""
 
-    def __init__(self, gap_s: int = 1800, allowed_lateness_s: int = 3600, early_firing_s: float = 5.0,
-                 clock: Callable[[], float] = time.time, label: Optional[str] = None):
-        super().__init__(label)
-        if gap_s <= 0 or allowed_lateness_s < 0 or early_firing_s <= 0:
-            raise ValueError("gap_s and early_firing_s must be positive, allowed_lateness_s >= 0")
-        self._gap, self._late, self._early, self._clock = gap_s, allowed_lateness_s, early_firing_s, clock
-
-    def expand(self, events):
-        return events | "EngagementTotals" >> KeyedTotals(
-            SessionEngagementAggregate(self._gap, self._late), self._late, self._early, step="SessionEngagement",
-            clock=self._clock)
+    AGGREGATE = SessionEngagementAggregate
+    TOTALS_LABEL = "EngagementTotals"
+    STEP = "SessionEngagement"

@@ -34,7 +34,8 @@ _FRONTEND_ROW_FIELDS = frozenset(("event_id", "session_id", "user_id", "event_ty
                                   "interaction_type", "timestamp", "schema_version"))
 
 
-def _utc(ms: Optional[int]) -> Optional[datetime]:
+def utc(ms: Optional[int]) -> Optional[datetime]:
+    """Epoch milliseconds -> an aware UTC datetime (None stays None)."""
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
@@ -71,7 +72,7 @@ def frontend_to_row(scored: Scored) -> Dict[str, Any]:
         "conversion_stage": s["conversion_stage"],
         "quality_score": s["quality_score"],
         "ts_ms": event.timestamp,
-        "timestamp": _utc(event.timestamp),
+        "timestamp": utc(event.timestamp),
         "metadata": meta,
         "scorer_version": s["scorer_version"],
         "transformation_metadata": tmeta,
@@ -100,6 +101,6 @@ def lead_to_row(scored: Scored) -> Dict[str, Any]:
         "transformation_metadata": tmeta,
         "scorer_version": s["scorer_version"],
         "source_ts_ms": lead.timestamp,
-        "created_at": _utc(lead.created_at_ms),
-        "updated_at": _utc(lead.updated_at_ms if lead.updated_at_ms is not None else lead.timestamp),
+        "created_at": utc(lead.created_at_ms),
+        "updated_at": utc(lead.updated_at_ms if lead.updated_at_ms is not None else lead.timestamp),
     }

@@ -12,13 +12,14 @@ keeps the newest row even when an older one is replayed after it.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 
 from events.dead_letters import source_of
 from transforms.keyed_totals import Aggregate, KeyedTotals, Slotted
+from transforms.rows import utc
+from transforms.sessions import SessionAggregate, SessionTotals, generation_base, generation_merge
 
 HOUR_S = 3600
 
@@ -57,10 +58,6 @@ def scored_turn_activity(scored) -> Activity:
 def tool_activity(tool) -> Activity:
     return Activity("tool", tool.invocation_id, tool.session_id, tool.account_id or "unassigned", tool.user_id,
                     None, tool.timestamp, latency_ms=tool.latency_ms, source=source_of(tool))
-
-
-def _utc(ms: Optional[int]) -> Optional[datetime]:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 # --- usage totals shared by sessions and account-hours ----------------------------------------------------
@@ -118,42 +115,19 @@ SESSION_KPI_COLUMNS = ("session_id", "user_id", "account_id", "channel", "turns"
                        "latency_sum_ms", "avg_latency_ms", "tool_calls", "started_at", "ended_at", "is_final",
                        "pane_version")
 
-_NEW_GENERATION = "EXCLUDED.started_at > stored.ended_at"
-# Rows are the totals of one generation of a session (keyed_totals): a generation that starts after the
-# stored row's last activity is added to it; a newer row of the same generation replaces that generation's
-# part (base_* hold the generations before it); an older row (a replay) changes nothing.
-SESSION_KPI_MERGE = (
-    " ON CONFLICT (session_id) DO UPDATE SET "
-    "user_id = COALESCE(stored.user_id, EXCLUDED.user_id), "
-    "account_id = COALESCE(stored.account_id, EXCLUDED.account_id), "
-    "channel = COALESCE(stored.channel, EXCLUDED.channel), "
-    + ", ".join(f"base_{c} = CASE WHEN {_NEW_GENERATION} THEN stored.{c} ELSE stored.base_{c} END, "
-                f"{c} = CASE WHEN {_NEW_GENERATION} THEN stored.{c} ELSE stored.base_{c} END + EXCLUDED.{c}"
-                for c in ("turns", "tool_calls", "tokens_in", "tokens_out", "latency_sum_ms"))
-    + f", avg_latency_ms = round(((CASE WHEN {_NEW_GENERATION} THEN stored.latency_sum_ms "
-      "ELSE stored.base_latency_sum_ms END + EXCLUDED.latency_sum_ms) "
-      f"/ NULLIF(CASE WHEN {_NEW_GENERATION} THEN stored.turns ELSE stored.base_turns END + EXCLUDED.turns, 0)"
-      ")::numeric, 3), "
-    f"base_started_at = CASE WHEN {_NEW_GENERATION} THEN stored.started_at ELSE stored.base_started_at END, "
-    f"started_at = LEAST(CASE WHEN {_NEW_GENERATION} THEN stored.started_at ELSE stored.base_started_at END, "
-    "EXCLUDED.started_at), "
-    "ended_at = EXCLUDED.ended_at, "
-    f"generations = stored.generations + CASE WHEN {_NEW_GENERATION} THEN 1 ELSE 0 END, "
-    "is_final = EXCLUDED.is_final, pane_version = EXCLUDED.pane_version, updated_at = now() "
-    f"WHERE {_NEW_GENERATION} OR stored.pane_version <= EXCLUDED.pane_version")
+# Rows are the totals of one generation of a session (transforms.sessions).
+SESSION_KPI_MERGE = generation_merge(
+    "session_id", ("turns", "tool_calls", "tokens_in", "tokens_out", "latency_sum_ms"),
+    ["user_id = COALESCE(stored.user_id, EXCLUDED.user_id)",
+     "account_id = COALESCE(stored.account_id, EXCLUDED.account_id)",
+     "channel = COALESCE(stored.channel, EXCLUDED.channel)",
+     f"avg_latency_ms = round((({generation_base('latency_sum_ms')} + EXCLUDED.latency_sum_ms) "
+     f"/ NULLIF({generation_base('turns')} + EXCLUDED.turns, 0))::numeric, 3)"],
+    updated_at="now()")
 
 
-class SessionUsage(_UsageAggregate):
+class SessionUsage(SessionAggregate, _UsageAggregate):
     """Usage per session_id; final once inactive for gap + allowed lateness (then the state is released)."""
-
-    def __init__(self, gap_s: int, allowed_lateness_s: int):
-        self._close_after_ms = (gap_s + allowed_lateness_s) * 1000
-
-    def key(self, a: Activity) -> str:
-        return a.session_id
-
-    def final_at_ms(self, key: str, u: Usage) -> int:
-        return u.last_ms + self._close_after_ms
 
     def row(self, session_id: str, u: Usage, final: bool, version: int) -> Dict[str, Any]:
         return {
@@ -161,29 +135,22 @@ class SessionUsage(_UsageAggregate):
             "turns": u.turns, "tokens_in": u.tokens_in, "tokens_out": u.tokens_out,
             "latency_sum_ms": round(u.latency_sum, 3),
             "avg_latency_ms": round(u.latency_sum / u.turns, 3) if u.turns else None, "tool_calls": u.tools,
-            "started_at": _utc(u.first_ms), "ended_at": _utc(u.last_ms), "is_final": final,
+            "started_at": utc(u.first_ms), "ended_at": utc(u.last_ms), "is_final": final,
             "pane_version": version,
         }
 
 
-class SessionizeActivity(beam.PTransform):
+class SessionizeActivity(SessionTotals):
     """PCollection[Activity] -> {"rows": session KPI rows (SESSION_KPI_COLUMNS), dead_letter: late activity}.
 
-    One row per session_id over its whole life (keyed state, see transforms.keyed_totals): early rows every
-    `early_firing_s`, a final row once the session has been inactive for `gap_s` + `allowed_lateness_s`.
-    Write the rows with SESSION_KPI_MERGE, which adds up the generations of a session that paused longer.
+    One row per session_id over its whole life (transforms.sessions): early rows every `early_firing_s`, a
+    final row once the session has been inactive for `gap_s` + `allowed_lateness_s`. Write the rows with
+    SESSION_KPI_MERGE, which adds up the generations of a session that paused longer.
     """
 
-    def __init__(self, gap_s: int = 1800, allowed_lateness_s: int = 3600, early_firing_s: float = 5.0,
-                 clock: Callable[[], float] = time.time, label: Optional[str] = None):
-        super().__init__(label)
-        if gap_s <= 0 or allowed_lateness_s < 0 or early_firing_s <= 0:
-            raise ValueError("gap_s and early_firing_s must be positive, allowed_lateness_s >= 0")
-        self._gap, self._late, self._early, self._clock = gap_s, allowed_lateness_s, early_firing_s, clock
-
-    def expand(self, activity):
-        return activity | "SessionTotals" >> KeyedTotals(SessionUsage(self._gap, self._late), self._late,
-                                                         self._early, step="SessionKpis", clock=self._clock)
+    AGGREGATE = SessionUsage
+    TOTALS_LABEL = "SessionTotals"
+    STEP = "SessionKpis"
 
 
 # --- billing usage per account per hour ---------------------------------------------------------------------
@@ -215,7 +182,7 @@ class HourlyUsage(_UsageAggregate):
         hour_ms, account_id = key.split("|", 1)
         hour_start_ms = int(hour_ms)
         return {
-            "account_id": account_id, "hour_start": _utc(hour_start_ms), "hour_start_ms": hour_start_ms,
+            "account_id": account_id, "hour_start": utc(hour_start_ms), "hour_start_ms": hour_start_ms,
             "turns": u.turns, "tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "tool_invocations": u.tools,
             "estimated_cost_usd": round(u.cost, 6),
             # Distinct items counted: grows only when real data is added, equal for a replayed row.

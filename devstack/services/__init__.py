@@ -22,3 +22,5 @@ class Service:
     after_start: Optional[Callable[[], None]] = None
     address: str = ""
     extra_pids: List[str] = field(default_factory=list)
+    # a clean shutdown before `down` signals the process group (None: SIGTERM, then SIGKILL after 20 s)
+    stop: Optional[Callable[[], None]] = None

@@ -6,12 +6,14 @@ import glob
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import List
 
 from devstack.config import DATA, HOME, PORTS, ensure_env_file
-from devstack.process import StackError, apt_install, is_root, port_open, run, spawn
+from devstack.process import StackError, apt_install, is_root, pid_alive, port_open, run, spawn
 from devstack.services import Service
 
 
@@ -90,5 +92,21 @@ def pg_after_start() -> None:
         _psql(f"CREATE DATABASE {db} OWNER {user}")
 
 
+def pg_stop(timeout_s: float = 60) -> None:
+    """Fast shutdown (SIGINT to the postmaster: sessions are ended, the cluster is checkpointed) and wait for
+    it to exit. SIGTERM through runuser is a smart shutdown that waits for every client, and runuser kills
+    the postmaster 2 s later, leaving backends that hold the data directory's lock for the next start."""
+    try:
+        pid = int((PGDATA / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if not pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 SERVICE = Service("postgres", PORTS["postgres"], pg_install, pg_start, pg_healthy, 60, pg_after_start,
-                  f"postgresql://localhost:{PORTS['postgres']}/iheardai")
+                  f"postgresql://localhost:{PORTS['postgres']}/iheardai", stop=pg_stop)

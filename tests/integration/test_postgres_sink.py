@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from datetime import datetime, timezone
@@ -123,14 +121,10 @@ def test_configuration_errors_fail_loudly(stack):
 
 def _restart_postgres():
     """Fast shutdown (sessions get admin_shutdown 57P01), then start again with the devstack functions."""
-    from devstack.process import pid_alive, wait_until
+    from devstack.process import wait_until
     from devstack.services import postgres
 
-    pid = int((postgres.PGDATA / "postmaster.pid").read_text().split()[0])
-    os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + 30
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    postgres.pg_stop(30)
     proc = postgres.pg_start()
     wait_until("postgres", postgres.pg_healthy, 60, proc)
 
