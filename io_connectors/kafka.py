@@ -128,6 +128,7 @@ class _RouteDeadLetterFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(tag, (dlq_topic(topic), key, value) if tag == OTHER_KNOWN else (key, value))
 
 
+@beam.typehints.with_input_types(DeadLetter)
 class RouteDeadLetters(beam.PTransform):
     """PCollection[DeadLetter] -> tagged (key, envelope) outputs: one tag per source topic, plus OTHER_KNOWN
     with (dlq topic, key, envelope) for dead letters of other known topics. Kafka-free, so tests can check
@@ -204,6 +205,7 @@ class _ProduceDeadLettersFn(beam.DoFn):
             self._producer = None
 
 
+@beam.typehints.with_input_types(DeadLetter)
 class WriteDeadLetters(beam.PTransform):
     """Send DeadLetter envelopes to `<source topic>.dlq`; every envelope fits the DLQ.
 

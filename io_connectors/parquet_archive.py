@@ -299,6 +299,7 @@ class _WriteParquetFn(beam.DoFn):
                "pane_index": pane.index, "shard": shard}
 
 
+@beam.typehints.with_input_types(Dict[str, Any])
 class WriteHourlyParquet(beam.PTransform):
     """PCollection[dict] (event-timestamped) -> hourly Parquet files on Spaces.
 
@@ -339,11 +340,12 @@ class WriteHourlyParquet(beam.PTransform):
                     window.FixedWindows(HOUR_S), trigger=trigger.AfterWatermark(late=late),
                     accumulation_mode=trigger.AccumulationMode.DISCARDING,
                     allowed_lateness=Duration(seconds=self._lateness))
-                | "KeyByShard" >> beam.Map(lambda r: (shard_fn(r, n), r))
+                | "KeyByShard" >> beam.Map(lambda r: (shard_fn(r, n), r)).with_output_types(Tuple[int, Any])
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteParquet" >> beam.ParDo(self._fn).with_outputs(Tags.DEAD_LETTER.value, main="files"))
 
 
+@beam.typehints.with_input_types(KafkaRecord)
 class ArchiveKafkaRecords(beam.PTransform):
     """KafkaRecord (timestamped with event time) -> raw-schema rows -> WriteHourlyParquet; same outputs."""
 
@@ -387,6 +389,7 @@ class _SplitByTopicFn(beam.DoFn):
             event_time_ms=record.timestamp_ms))
 
 
+@beam.typehints.with_input_types(KafkaRecord)
 class ArchiveTopics(beam.PTransform):
     """PCollection[KafkaRecord] of several topics -> hourly Parquet per topic.
 

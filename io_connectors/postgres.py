@@ -40,7 +40,7 @@ import apache_beam as beam
 
 from io_connectors.retry import with_retries
 from io_connectors.settings import PostgresSettings
-from events.dead_letters import KeepSource, Tags
+from events.dead_letters import DeadLetter, KeepSource, Tags
 from io_connectors.buffered_sink import BufferedSinkFn
 
 log = logging.getLogger(__name__)
@@ -305,6 +305,8 @@ class _UpsertFn(BufferedSinkFn):
         return PostgresUpserter(**self._args)
 
 
+@beam.typehints.with_input_types(Dict[str, Any])
+@beam.typehints.with_output_types(DeadLetter)
 class WriteToPostgres(beam.PTransform):
     """PCollection[dict] -> upserted rows; returns the PCollection of DeadLetter for rows Postgres refused.
 

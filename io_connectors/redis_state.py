@@ -46,7 +46,7 @@ import apache_beam as beam
 from io_connectors import settings as _settings
 from io_connectors.retry import with_retries
 from io_connectors.settings import RedisSettings
-from events.dead_letters import Tags
+from events.dead_letters import DeadLetter, Tags
 from io_connectors.buffered_sink import BufferedSinkFn
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,8 @@ class _WriteSessionStateFn(BufferedSinkFn):
         return SessionStateWriter(self._ttl, self._max_attempts, self._settings, self._pipeline_events)
 
 
+@beam.typehints.with_input_types(Dict[str, Any])
+@beam.typehints.with_output_types(DeadLetter)
 class WriteSessionState(beam.PTransform):
     """PCollection[dict] (see the module docstring) -> Redis hot session state; returns dead letters."""
 

@@ -128,6 +128,7 @@ ENGAGEMENT_MERGE = generation_merge(
 class SessionEngagement(SessionTotals):
     """PCollection[EngagementEvent] -> {"rows": engagement rows (ENGAGEMENT_COLUMNS), dead_letter: late}."""
 
+    ITEM = EngagementEvent
     AGGREGATE = SessionEngagementAggregate
     TOTALS_LABEL = "EngagementTotals"
     STEP = "SessionEngagement"

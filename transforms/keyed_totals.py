@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -302,7 +302,8 @@ class KeyedTotals(beam.PTransform):
     def expand(self, items):
         agg = self._agg
         return (items
-                | "Key" >> beam.Map(_keyed, agg)
+                # str keys: a deterministic key coder for the keyed state (FastPrimitivesCoder is not)
+                | "Key" >> beam.Map(_keyed, agg).with_output_types(Tuple[str, Any])
                 | "Totals" >> beam.ParDo(self._fn).with_outputs(Tags.DEAD_LETTER.value, main="rows"))
 
 

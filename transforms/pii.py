@@ -617,6 +617,7 @@ class _RedactPiiFn(beam.DoFn):
         yield redacted
 
 
+@beam.typehints.with_input_types(EventModel)
 class RedactPii(beam.PTransform):
     """PCollection[EventModel] -> {valid: redacted copies, dead_letter: DeadLetter} (use `validated()`).
 

@@ -10,9 +10,11 @@ from typing import Dict, Mapping, Optional, Type
 import apache_beam as beam
 
 from events.contracts import EventModel
+from events.records import KafkaRecord
 from transforms.validation import ValidateEvents, validated
 
 
+@beam.typehints.with_input_types(KafkaRecord)
 class ValidateByTopic(beam.PTransform):
     """PCollection[KafkaRecord] of several topics -> ({topic: PCollection[model]}, PCollection[DeadLetter])."""
 

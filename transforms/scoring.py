@@ -400,6 +400,7 @@ class _TurnScorer:
         return score_turn(turn, self.prices)
 
 
+@beam.typehints.with_input_types(AgentTurnCompleted)
 class ScoreAgentTurns(beam.PTransform):
     """PCollection[AgentTurnCompleted] -> {valid: Scored, dead_letter: DeadLetter}; see `score_turn`."""
 
@@ -414,6 +415,8 @@ class ScoreAgentTurns(beam.PTransform):
                 Tags.DEAD_LETTER.value, main=Tags.VALID.value)
 
 
+@beam.typehints.with_input_types(
+    Union[FrontendUserInteraction, FrontendSessionAnalytics, FrontendWidgetPerformance])
 class EnrichFrontendEvents(beam.PTransform):
     """PCollection[Frontend*] -> {valid: Scored, dead_letter: DeadLetter}; see `enrich_frontend`."""
 
@@ -423,6 +426,7 @@ class EnrichFrontendEvents(beam.PTransform):
                 Tags.DEAD_LETTER.value, main=Tags.VALID.value)
 
 
+@beam.typehints.with_input_types(MarketoLeadDelta)
 class ScoreLeads(beam.PTransform):
     """PCollection[MarketoLeadDelta] -> {valid: Scored, dead_letter: DeadLetter}; see `score_lead`."""
 

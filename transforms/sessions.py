@@ -40,10 +40,11 @@ class SessionAggregate(Aggregate):
 class SessionTotals(beam.PTransform):
     """PCollection[item] -> {"rows": one row per session_id (the aggregate's), dead_letter: too-late items}.
 
-    Subclasses set AGGREGATE (a SessionAggregate), TOTALS_LABEL (the stateful step's label: it names the
+    Subclasses set ITEM (the input's type), AGGREGATE (a SessionAggregate), TOTALS_LABEL (the stateful step's label: it names the
     Flink state, so it never changes) and STEP (the name dead letters and metrics carry)."""
 
     AGGREGATE: Type[SessionAggregate]
+    ITEM: type  # the input's element type, checked when the graph is built
     TOTALS_LABEL: str
     STEP: str
 
@@ -53,6 +54,7 @@ class SessionTotals(beam.PTransform):
         if gap_s <= 0 or allowed_lateness_s < 0 or early_firing_s <= 0:
             raise ValueError("gap_s and early_firing_s must be positive, allowed_lateness_s >= 0")
         self._gap, self._late, self._early, self._clock = gap_s, allowed_lateness_s, early_firing_s, clock
+        self.with_input_types(self.ITEM)
 
     def expand(self, items):
         return items | self.TOTALS_LABEL >> KeyedTotals(self.AGGREGATE(self._gap, self._late), self._late,

@@ -124,6 +124,7 @@ class _ParseEventFn(beam.DoFn):
         yield TimestampedValue(event, event.timestamp / 1000.0)
 
 
+@beam.typehints.with_input_types(KafkaRecord)
 class ValidateEvents(beam.PTransform):
     """PCollection[KafkaRecord] -> {valid: PCollection[model], dead_letter: PCollection[DeadLetter]}.
 

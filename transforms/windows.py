@@ -148,6 +148,7 @@ class SessionizeActivity(SessionTotals):
     SESSION_KPI_MERGE, which adds up the generations of a session that paused longer.
     """
 
+    ITEM = Activity
     AGGREGATE = SessionUsage
     TOTALS_LABEL = "SessionTotals"
     STEP = "SessionKpis"
@@ -190,6 +191,7 @@ class HourlyUsage(_UsageAggregate):
         }
 
 
+@beam.typehints.with_input_types(Activity)
 class HourlyUsagePerAccount(beam.PTransform):
     """PCollection[Activity] -> {"rows": billing rows per (account_id, event-time hour), dead_letter: late}.
 
