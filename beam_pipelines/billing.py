@@ -26,7 +26,7 @@ from io_connectors.postgres import WriteToPostgres
 from io_connectors.settings import KafkaSettings
 from events.contracts import BillingUsageMetered
 from transforms.scoring import ScoreAgentTurns
-from transforms.validation import validated
+from events.dead_letters import split_dead_letters
 from events.dead_letters import Tags
 from transforms.windows import BILLING_COLUMNS, HOUR_S, HourlyUsagePerAccount, scored_turn_activity, tool_activity
 
@@ -50,7 +50,7 @@ def build(p: beam.Pipeline, opts) -> None:
     xf = opts.view_as(TransformOptions)
     events, dead = read_and_validate(p, opts, TOPICS)
     dead_letters = [dead]
-    scored, d = validated(events[topics.TURNS] | "PriceTurns" >> ScoreAgentTurns(xf.price_table_file))
+    scored, d = split_dead_letters(events[topics.TURNS] | "PriceTurns" >> ScoreAgentTurns(xf.price_table_file))
     dead_letters.append(d)
     hourly = ((scored | "TurnUsage" >> beam.Map(scored_turn_activity),
                events[topics.TOOLS] | "ToolUsage" >> beam.Map(tool_activity))

@@ -28,7 +28,7 @@ from transforms.engagement import (ENGAGEMENT_COLUMNS, ENGAGEMENT_KEYS, ENGAGEME
 from transforms.pii import PiiPolicy, RedactPii
 from transforms.rows import FRONTEND_COLUMNS, FRONTEND_JSON, FRONTEND_KEYS, frontend_to_row
 from transforms.scoring import EnrichFrontendEvents
-from transforms.validation import validated
+from events.dead_letters import split_dead_letters
 
 # (topic, the name its steps carry in the dashboard)
 STREAMS = ((topics.FRONTEND_INTERACTION, "Interactions"), (topics.FRONTEND_SESSION, "SessionAnalytics"),
@@ -46,9 +46,9 @@ def build(p: beam.Pipeline, opts) -> None:
 
     enriched = []
     for topic, name in STREAMS:
-        redacted, d = validated(events[topic] | f"Redact{name}" >> RedactPii(policy, topic))
+        redacted, d = split_dead_letters(events[topic] | f"Redact{name}" >> RedactPii(policy, topic))
         dead_letters.append(d)  # every dead letter carries its event's own topic/partition/offset
-        scored, d = validated(redacted | f"Enrich{name}" >> EnrichFrontendEvents())
+        scored, d = split_dead_letters(redacted | f"Enrich{name}" >> EnrichFrontendEvents())
         dead_letters.append(d)
         dead_letters.append(scored | f"Write{name}" >> UpsertRows(
             frontend_to_row, "frontend_analytics", FRONTEND_KEYS, FRONTEND_COLUMNS, version_column="ts_ms",

@@ -28,7 +28,7 @@ from transforms.pii import PiiPolicy, RedactPii
 from transforms.scoring import ScoreAgentTurns
 from transforms.turns import (AGENT_TURN_JSON, AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, session_state_event,
                               turn_to_row)
-from transforms.validation import validated
+from events.dead_letters import split_dead_letters
 from transforms.windows import (SESSION_KPI_COLUMNS, SESSION_KPI_MERGE, SessionizeActivity, scored_turn_activity,
                                tool_activity)
 
@@ -43,9 +43,9 @@ def build(p: beam.Pipeline, opts) -> None:
     events, dead = read_and_validate(p, opts, TOPICS)
     dead_letters = [dead]
 
-    turns, d = validated(events[topics.TURNS] | "RedactTurns" >> RedactPii(policy, topics.TURNS))
+    turns, d = split_dead_letters(events[topics.TURNS] | "RedactTurns" >> RedactPii(policy, topics.TURNS))
     dead_letters.append(d)
-    scored, d = validated(turns | "ScoreTurns" >> ScoreAgentTurns(xf.price_table_file))
+    scored, d = split_dead_letters(turns | "ScoreTurns" >> ScoreAgentTurns(xf.price_table_file))
     dead_letters.append(d)
     dead_letters.append(scored | "WriteAgentTurns" >> UpsertRows(
         turn_to_row, "agent_turns", AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, version_column="ts_ms",
@@ -57,11 +57,11 @@ def build(p: beam.Pipeline, opts) -> None:
                             ttl_seconds=xf.redis_ttl_seconds, batch_size=sink.redis_batch_size,
                             max_attempts=sink.redis_max_attempts, source_topic=topics.TURNS))
 
-    tools, d = validated(events[topics.TOOLS] | "RedactTools" >> RedactPii(policy, topics.TOOLS))
+    tools, d = split_dead_letters(events[topics.TOOLS] | "RedactTools" >> RedactPii(policy, topics.TOOLS))
     dead_letters.append(d)
     # Session updates are validated and redacted (bad ones reach their DLQ); the KPIs derive from turns and
     # tool calls, which carry the counts themselves.
-    _, d = validated(events[topics.SESSIONS] | "RedactSessionUpdates" >> RedactPii(policy, topics.SESSIONS))
+    _, d = split_dead_letters(events[topics.SESSIONS] | "RedactSessionUpdates" >> RedactPii(policy, topics.SESSIONS))
     dead_letters.append(d)
 
     activity = ((scored | "TurnActivity" >> beam.Map(scored_turn_activity),

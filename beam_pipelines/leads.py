@@ -22,7 +22,7 @@ from events.dead_letters import KeepSource
 from transforms.pii import RedactPii
 from transforms.rows import LEAD_COLUMNS, LEAD_JSON, LEAD_KEYS, lead_to_row
 from transforms.scoring import ScoreLeads
-from transforms.validation import validated
+from events.dead_letters import split_dead_letters
 
 TOPICS = (topics.LEADS,)
 
@@ -32,9 +32,9 @@ def build(p: beam.Pipeline, opts) -> None:
     xf = opts.view_as(TransformOptions)
     events, dead = read_and_validate(p, opts, TOPICS)
     dead_letters = [dead]
-    leads, d = validated(events[topics.LEADS] | "RedactLeads" >> RedactPii(xf.pii_policy_file, topics.LEADS))
+    leads, d = split_dead_letters(events[topics.LEADS] | "RedactLeads" >> RedactPii(xf.pii_policy_file, topics.LEADS))
     dead_letters.append(d)
-    scored, d = validated(leads | "ScoreLeads" >> ScoreLeads())
+    scored, d = split_dead_letters(leads | "ScoreLeads" >> ScoreLeads())
     dead_letters.append(d)
     dead_letters.append(scored
                         | "ToLeadRow" >> beam.Map(KeepSource(lead_to_row))

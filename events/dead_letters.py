@@ -244,3 +244,9 @@ class KeepSource:
 def without_source(row: Dict[str, Any]) -> Dict[str, Any]:
     """The dict without SOURCE_KEY (for a dead letter's payload)."""
     return {k: v for k, v in row.items() if k != SOURCE_KEY} if SOURCE_KEY in row else row
+
+
+def split_dead_letters(results) -> Tuple[Any, Any]:
+    """(main output, dead letters) of a step tagged with Tags.VALID and Tags.DEAD_LETTER (ValidateEvents,
+    RedactPii, the scorers)."""
+    return results[Tags.VALID.value], results[Tags.DEAD_LETTER.value]

@@ -619,7 +619,7 @@ class _RedactPiiFn(beam.DoFn):
 
 @beam.typehints.with_input_types(EventModel)
 class RedactPii(beam.PTransform):
-    """PCollection[EventModel] -> {valid: redacted copies, dead_letter: DeadLetter} (use `validated()`).
+    """PCollection[EventModel] -> {valid: redacted copies, dead_letter: DeadLetter} (use `split_dead_letters()`).
 
     The policy is loaded and checked here, when the pipeline is built; the HMAC key is checked here too
     (`check_key=False` when only the workers have it) and read again in each worker's `setup()`.

@@ -11,7 +11,8 @@ import apache_beam as beam
 
 from events.contracts import EventModel
 from events.records import KafkaRecord
-from transforms.validation import ValidateEvents, validated
+from transforms.validation import ValidateEvents
+from events.dead_letters import split_dead_letters
 
 
 @beam.typehints.with_input_types(KafkaRecord)
@@ -37,11 +38,11 @@ class ValidateByTopic(beam.PTransform):
         valid: Dict[str, beam.PCollection] = {}
         dead = []
         for i, topic in enumerate(topics):
-            v, d = validated(parts[i] | f"Validate[{topic}]" >> ValidateEvents(
+            v, d = split_dead_letters(parts[i] | f"Validate[{topic}]" >> ValidateEvents(
                 self._models[topic], max_payload_bytes=self._max))
             valid[topic] = v
             dead.append(d)
-        _, d = validated(parts[unexpected] | "UnexpectedTopic" >> ValidateEvents(
+        _, d = split_dead_letters(parts[unexpected] | "UnexpectedTopic" >> ValidateEvents(
             None, max_payload_bytes=self._max, contracts={}))
         dead.append(d)
         return valid, tuple(dead) | "MergeValidationDeadLetters" >> beam.Flatten()

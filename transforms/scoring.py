@@ -3,7 +3,7 @@ leads (the seed README's "enhance & score" and "enrich" steps).
 
 Pure functions `score_turn`, `enrich_frontend` and `score_lead` return a dict of scores that always holds
 `scorer_version`; the composites `ScoreAgentTurns`, `EnrichFrontendEvents` and `ScoreLeads` wrap them and emit
-`Scored(event, scores)` (main output) and dead letters (use `transforms.validation.validated`). Every formula
+`Scored(event, scores)` (main output) and dead letters (use `events.dead_letters.split_dead_letters`). Every formula
 is in its function's docstring; scores are integers clamped to 0-100, probabilities to 0-1. Rounding is
 half-up (`_pct`), never banker's rounding, so hand-computed cases match. Changing any rule, word list or
 default price means bumping SCORER_VERSION.

@@ -15,7 +15,7 @@ kind and emits dead letters tagged `Tags.DEAD_LETTER`. Rules (issue 3):
 from __future__ import annotations
 
 import time
-from typing import Iterable, Mapping, Optional, Tuple, Type, Union
+from typing import Iterable, Mapping, Optional, Type, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -149,8 +149,3 @@ class ValidateEvents(beam.PTransform):
         return records | "Parse" >> beam.ParDo(
             _ParseEventFn(self._model, self._contracts, self.label, *self._limits)).with_outputs(
                 Tags.DEAD_LETTER.value, main=Tags.VALID.value)
-
-
-def validated(results) -> Tuple[beam.PCollection, beam.PCollection]:
-    """(valid, dead_letters) from the tagged result of ValidateEvents, RedactPii or a scorer."""
-    return results[Tags.VALID.value], results[Tags.DEAD_LETTER.value]

@@ -24,7 +24,7 @@ from transforms.pii import PiiPolicy, RedactPii
 from events.records import KafkaRecord
 from transforms.routing import ValidateByTopic
 from transforms.scoring import ScoreAgentTurns, Scored
-from transforms.validation import validated
+from events.dead_letters import split_dead_letters
 
 pytestmark = pytest.mark.unit
 TS = 1_795_000_000_000
@@ -144,13 +144,13 @@ def _kpi_dead_letters(records):
     policy = PiiPolicy.load()
     events, dead = records | "Validate" >> ValidateByTopic({t: CONTRACTS[t] for t in kpi.TOPICS})
     dead_letters = [dead]
-    turns, d = validated(events[topics.TURNS] | "RedactTurns" >> RedactPii(policy, topics.TURNS))
+    turns, d = split_dead_letters(events[topics.TURNS] | "RedactTurns" >> RedactPii(policy, topics.TURNS))
     dead_letters.append(d)
-    scored, d = validated(turns | "ScoreTurns" >> ScoreAgentTurns())
+    scored, d = split_dead_letters(turns | "ScoreTurns" >> ScoreAgentTurns())
     dead_letters.append(d)
-    tools, d = validated(events[topics.TOOLS] | "RedactTools" >> RedactPii(policy, topics.TOOLS))
+    tools, d = split_dead_letters(events[topics.TOOLS] | "RedactTools" >> RedactPii(policy, topics.TOOLS))
     dead_letters.append(d)
-    updates, d = validated(events[topics.SESSIONS] | "RedactSessionUpdates" >> RedactPii(policy, topics.SESSIONS))
+    updates, d = split_dead_letters(events[topics.SESSIONS] | "RedactSessionUpdates" >> RedactPii(policy, topics.SESSIONS))
     dead_letters.append(d)
     routed = (tuple(dead_letters) | "MergeDeadLetters" >> beam.Flatten()
               | "WriteDeadLetters" >> RouteDeadLetters(kpi.TOPICS))

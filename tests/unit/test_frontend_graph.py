@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from events.dead_letters import Tags
+from tests.unit.streaming import streaming_pipeline, zero_clock
 from transforms.engagement import EngagementEvent, SessionEngagement, engagement_event, summarize
 from transforms.keyed_totals import LATE_DATA, row_version
 from events.contracts import FrontendUserInteraction, FrontendWidgetPerformance
@@ -25,14 +25,6 @@ def _ev(event_id, ts_s, stage="page_view", session="s1", user="u1", src=None):
     return TimestampedValue(EngagementEvent(event_id, session, user, int(ts_s * 1000), stage, src), ts_s)
 
 
-def _test_clock() -> float:
-    return 0.0  # the DirectRunner's TestClock starts at 0 and moves only with advance_processing_time
-
-
-def _pipeline():
-    opts = PipelineOptions(["--runner=DirectRunner"])
-    opts.view_as(StandardOptions).streaming = True
-    return TestPipeline(options=opts)
 
 
 def _summary(r):
@@ -56,8 +48,8 @@ def test_engagement_of_a_session_that_pauses_with_duplicates_late_and_too_late_e
               .advance_watermark_to(T0 + 1_300)
               .add_elements([_ev("e5", T0 + 12, "conversion", src=("frontend.user.interaction", 4, 9))])  # too late
               .advance_watermark_to_infinity())
-    with _pipeline() as p:
-        out = p | stream | SessionEngagement(gap_s=60, allowed_lateness_s=600, early_firing_s=5, clock=_test_clock)
+    with streaming_pipeline() as p:
+        out = p | stream | SessionEngagement(gap_s=60, allowed_lateness_s=600, early_firing_s=5, clock=zero_clock)
         assert_that(out.rows | beam.Map(_summary), equal_to([
             ("s1", 3, 20_000, "widget_open", False, row_version((T0 + 20) * 1000, 3, False)),  # early
             ("s2", 1, 0, "conversion", False, row_version((T0 + 5) * 1000, 1, False)),
@@ -107,12 +99,13 @@ def test_frontend_pipeline_graph_builds_with_readable_steps(monkeypatch):
 
     def fake_read(_p, _opts, topics):
         from events.topics import CONTRACTS
-        from transforms.validation import ValidateEvents, validated
+        from transforms.validation import ValidateEvents
+        from events.dead_letters import split_dead_letters
 
         records = _p | "Records" >> beam.Create([])
         valid, dead = {}, []
         for t in topics:
-            v, d = validated(records | f"V[{t}]" >> ValidateEvents(CONTRACTS[t]))
+            v, d = split_dead_letters(records | f"V[{t}]" >> ValidateEvents(CONTRACTS[t]))
             valid[t] = v
             dead.append(d)
         return valid, tuple(dead) | "MergeDead" >> beam.Flatten()

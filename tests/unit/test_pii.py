@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from events.contracts import AgentTurnCompleted, FrontendUserInteraction, MarketoLeadDelta
 from transforms.pii import (PiiPolicy, RedactPii, Redactor, iban_valid, load_hmac_key, luhn_valid, pseudonymize,
                             redact_text, redact_url)
-from transforms.validation import validated
+from events.dead_letters import split_dead_letters
 
 pytestmark = pytest.mark.unit
 TS = 1_795_000_000_000
@@ -206,7 +206,7 @@ def test_redact_pii_composite(monkeypatch):
                                                 "page_url": "https://a.io/pricing"}),
     ]
     with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        out, dead = validated(p | beam.Create(events) | "Redact" >> RedactPii())
+        out, dead = split_dead_letters(p | beam.Create(events) | "Redact" >> RedactPii())
         assert_that(out | beam.Map(lambda e: (e.session_id, e.user_id, e.element_text, e.page_url,
                                               e.transformation_metadata()["pii"]["redacted"])),
                     equal_to([("s1", pseudonymize("u1", KEY), "mail me: <EMAIL>", "https://a.io/p?phone=<PHONE>",

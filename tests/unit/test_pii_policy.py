@@ -17,7 +17,7 @@ from events import topics
 from events.contracts import AgentToolInvoked, AgentTurnCompleted
 from events.topics import CONTRACTS
 from transforms.pii import DEFAULT_POLICY_FILE, MissingPiiPolicy, PiiPolicy, RedactPii, Redactor
-from transforms.validation import validated
+from events.dead_letters import split_dead_letters
 
 pytestmark = pytest.mark.unit
 TS = 1_795_000_000_000
@@ -98,7 +98,7 @@ def test_an_unpoliced_event_on_a_worker_is_a_dead_letter(policy_without_tools):
     with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
         # built for turns (which are covered); a tool invocation slips in
         mixed = p | beam.Create([turn, _tool()]) | beam.Map(lambda e: e)
-        out, dead = validated(mixed | "Redact" >> RedactPii(policy, topics.TURNS))
+        out, dead = split_dead_letters(mixed | "Redact" >> RedactPii(policy, topics.TURNS))
         assert_that(out | beam.Map(lambda e: (type(e).__name__, getattr(e, "response_text", None))),
                     equal_to([("AgentTurnCompleted", "mail <EMAIL>")]), label="redacted")
         assert_that(dead | beam.Map(lambda d: (d.source_topic, d.source_partition, d.source_offset, d.step,

@@ -17,7 +17,7 @@ from transforms.rows import FRONTEND_COLUMNS, LEAD_COLUMNS, frontend_to_row, lea
 from transforms.scoring import (SCORER_VERSION, EnrichFrontendEvents, PriceTable, ScoreAgentTurns, Scored,
                                 ScoreLeads, enrich_frontend, page_category, parse_user_agent, score_lead, score_turn)
 from transforms.turns import AGENT_TURN_COLUMNS, AGENT_TURN_SCORED_COLUMNS, turn_to_row
-from transforms.validation import validated
+from events.dead_letters import split_dead_letters
 
 pytestmark = pytest.mark.unit
 TS = 1_795_000_000_000
@@ -159,7 +159,7 @@ def test_score_agent_turns_composite():
              if r.kind == "valid"]
     expected = [(t.turn_id, t.session_id, score_turn(t, PRICES)["quality_score"]) for t in turns]
     with TestPipeline(options=OPTS) as p:
-        scored, dead = validated(p | beam.Create(turns) | "Score" >> ScoreAgentTurns())
+        scored, dead = split_dead_letters(p | beam.Create(turns) | "Score" >> ScoreAgentTurns())
         assert_that(scored | beam.Map(lambda s: (s.event.turn_id, s.event.session_id, s.scores["quality_score"])),
                     equal_to(expected), label="scored")
         assert_that(scored | beam.Map(lambda s: s.scores["scorer_version"]) | beam.Distinct(),
@@ -173,11 +173,11 @@ def test_enrich_frontend_and_score_leads_composites_dead_letter_what_they_cannot
     broken = MarketoLeadDelta.model_construct(lead_id=9, marketo_guid="x", timestamp=TS, email="a@b.c",
                                               lead_score="high")  # bypasses validation: scoring fails
     with TestPipeline(options=OPTS) as p:
-        enriched, fe_dead = validated(p | "Fe" >> beam.Create(fe) | "Enrich" >> EnrichFrontendEvents())
+        enriched, fe_dead = split_dead_letters(p | "Fe" >> beam.Create(fe) | "Enrich" >> EnrichFrontendEvents())
         assert_that(enriched | beam.Map(lambda s: (s.event.event_id, s.scores["conversion_stage"])),
                     equal_to([(e.event_id, enrich_frontend(e)["conversion_stage"]) for e in fe]), label="fe")
         assert_that(fe_dead, equal_to([]), label="fe_dead")
-        scored, dead = validated(p | "Leads" >> beam.Create(leads + [broken]) | "ScoreLeads" >> ScoreLeads())
+        scored, dead = split_dead_letters(p | "Leads" >> beam.Create(leads + [broken]) | "ScoreLeads" >> ScoreLeads())
         assert_that(scored | beam.Map(lambda s: (s.event.marketo_guid, s.scores["recommended_action"])),
                     equal_to([(x.marketo_guid, score_lead(x)["recommended_action"]) for x in leads]), label="leads")
         assert_that(dead | beam.Map(lambda d: (d.step, d.error_class)), equal_to([("ScoreLeads", "transform_error")]),

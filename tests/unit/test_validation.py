@@ -15,7 +15,8 @@ from events import topics
 from events.contracts import AgentTurnCompleted, FrontendUserInteraction
 from events.dead_letters import DeadLetter, ErrorKind
 from events.records import KafkaRecord
-from transforms.validation import EventError, ValidateEvents, parse_event, validated
+from transforms.validation import EventError, ValidateEvents, parse_event
+from events.dead_letters import split_dead_letters
 
 pytestmark = pytest.mark.unit
 TS = 1_795_000_000_000
@@ -70,7 +71,7 @@ def test_validate_events_by_topic_with_dead_letters_and_counters():
                _rec(3, _turn(tokens_out=-1)), _rec(4, _turn(), "unknown.topic"),
                _rec(5, _turn(turn_id="t2", extra_field=1))]
     p = TestPipeline(options=PipelineOptions(OPTS))
-    valid, dead = validated(p | beam.Create(records) | "Validate" >> ValidateEvents(max_future_ms=10 ** 12))
+    valid, dead = split_dead_letters(p | beam.Create(records) | "Validate" >> ValidateEvents(max_future_ms=10 ** 12))
     assert_that(valid | beam.Map(lambda e: (type(e).__name__, e.session_id, e.transformation_metadata())),
                 equal_to([("AgentTurnCompleted", "s1", {"schema_version": 1}),
                           ("FrontendUserInteraction", "f1", {"schema_version": 1}),

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from events.dead_letters import Tags
+from tests.unit.streaming import streaming_pipeline, zero_clock
 from transforms.keyed_totals import LATE_DATA, _id_digest, _KeyState, row_version
 from transforms.windows import Activity, HourlyUsagePerAccount, SessionizeActivity, Usage
 
@@ -30,14 +29,6 @@ def _tool(item, session, ts_s, account="acct-1"):
     return TimestampedValue(Activity("tool", item, session, account, "u1", None, int(ts_s * 1000)), ts_s)
 
 
-def _test_clock() -> float:
-    return 0.0  # the DirectRunner's TestClock starts at 0 and moves only with advance_processing_time
-
-
-def _pipeline():
-    opts = PipelineOptions(["--runner=DirectRunner"])
-    opts.view_as(StandardOptions).streaming = True
-    return TestPipeline(options=opts)
 
 
 def _kpi(r):
@@ -65,8 +56,8 @@ def test_a_session_that_pauses_longer_than_the_gap_is_one_row_with_its_whole_tot
               .advance_processing_time(10)
               .advance_watermark_to(T0 + 300 + 660 + 1)  # s1 inactive for gap + lateness: final
               .advance_watermark_to_infinity())
-    with _pipeline() as p:
-        out = p | stream | SessionizeActivity(gap_s=60, allowed_lateness_s=600, early_firing_s=5, clock=_test_clock)
+    with streaming_pipeline() as p:
+        out = p | stream | SessionizeActivity(gap_s=60, allowed_lateness_s=600, early_firing_s=5, clock=zero_clock)
         rows = out.rows | beam.Map(_kpi)
         assert_that(rows, equal_to([
             ("s1", 2, 20, 1, 400.0, False, T0, T0 + 12),  # early
@@ -111,8 +102,8 @@ def test_hourly_usage_is_exact_after_late_data_and_revisions_grow():
               .advance_watermark_to(H0 + 9 * 3600)  # the hour is released at H0 + 7 h
               .add_elements([_turn("t5", "s1", H0 + 200)])  # beyond the lateness (6 h): a dead letter
               .advance_watermark_to_infinity())
-    with _pipeline() as p:
-        out = p | stream | HourlyUsagePerAccount(early_firing_s=60, clock=_test_clock)
+    with streaming_pipeline() as p:
+        out = p | stream | HourlyUsagePerAccount(early_firing_s=60, clock=zero_clock)
         rows = out.rows | beam.Map(
             lambda r: (r["account_id"], r["hour_start_ms"] // 1000 - H0, r["turns"], r["tokens_in"],
                        r["tokens_out"], r["tool_invocations"], r["estimated_cost_usd"], r["revision"],

@@ -1,4 +1,4 @@
-"""The KPI graph's parse/validate/row steps on the DirectRunner, dead letters asserted apart."""
+"""Turn validation and row building on the DirectRunner (the whole KPI graph: tests/integration/test_kpi_graph.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from events.contracts import AgentTurnCompleted
 from events.records import KafkaRecord
 from transforms.turns import turn_to_row
-from transforms.validation import ValidateEvents, validated
+from transforms.validation import ValidateEvents
+from events.dead_letters import split_dead_letters
 
 pytestmark = pytest.mark.unit
 TS = 1_795_000_000_000
@@ -33,7 +34,7 @@ def test_valid_turns_become_rows_and_bad_records_become_dead_letters():
     records = [_rec(0, _turn(1)), _rec(1, b"{nope"), _rec(2, _turn(2, tokens_in=-1)), _rec(3, _turn(3)),
                _rec(4, b"\xff\xfe"), _rec(5, _turn(4, timestamp=TS * 10))]
     with TestPipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"])) as p:
-        turns, dead = validated(p | beam.Create(records) | "Validate" >> ValidateEvents(AgentTurnCompleted))
+        turns, dead = split_dead_letters(p | beam.Create(records) | "Validate" >> ValidateEvents(AgentTurnCompleted))
         rows = turns | beam.Map(turn_to_row) | beam.Map(lambda r: (r["turn_id"], r["total_tokens"], r["ts_ms"]))
         assert_that(rows, equal_to([("t1", 15, TS + 1), ("t3", 35, TS + 3)]), label="rows")
         reasons = dead | beam.Map(lambda d: (d.source_offset, d.error_class, d.payload_encoding))
