@@ -75,7 +75,7 @@ def test_every_registry_topic_has_everything_it_needs(entry):
 
 def test_a_new_topic_without_its_parts_is_named_with_each_missing_part():
     policy, schemas, yaml = _context()
-    new = topics.Topic("crm.deal.updated", 3, topics.DAY_MS, contract=None, scorer="deal",
+    new = topics.Topic("example.new.topic", 3, topics.DAY_MS, contract=None, scorer="deal",
                        archive_columns=("amount",))
     missing = missing_for(new, policy, schemas, yaml)
     assert [m.split(" (")[0].split(" in ")[0] for m in missing] == [
