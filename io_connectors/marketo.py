@@ -3,7 +3,9 @@
 Marketo answers most errors with HTTP 200, `success: false` and string codes; `classify()` maps each code to
 what the client does (refresh the token, back off and retry, stop for the day, or fail loudly). Calls pass
 through a `CallGate`: at most `max_concurrency` in flight and at most `calls_per_window` started in any
-`window_seconds` (Marketo allows 100 per 20 s and 10 concurrent; we default to half of each).
+`window_seconds` (Marketo allows 100 per 20 s and 10 concurrent; we default to half of each). The access
+token is checked once the gate has let a call through, right before it is sent, so a wait for the rate limit
+never sends a token that expired meanwhile.
 
 Configuration comes from the environment (`MarketoConfig.from_env`): MARKETO_BASE_URL, MARKETO_CLIENT_ID,
 MARKETO_CLIENT_SECRET (or MARKETO_CLIENT_SECRET_FILE). The secret and the access token are never logged and
@@ -94,6 +96,7 @@ class Action(str, Enum):
     REAUTH = "reauth"  # token invalid/expired: refresh it, retry at once
     RETRY = "retry"  # transient: jittered exponential backoff, then retry
     STOP = "stop"  # quota: stop the run cleanly, resume tomorrow
+    DONE = "done"  # the request was carried out already (1029 Job already queued): the caller carries on
     FAIL = "fail"  # anything else: fail loudly with code and message
 
 
@@ -102,7 +105,12 @@ RETRY_CODES = {"604", "606", "608", "611", "615", "713"}
 
 
 def classify(code: str, message: str = "") -> Action:
-    """What to do about a Marketo error code. 1029 means two things, told apart by its message."""
+    """What to do about a Marketo error code.
+
+    1029 means three things, told apart by its message: "Export daily quota exceeded" (stop for the day),
+    "Too many jobs in queue" (wait and retry) and "Job already queued" (an earlier enqueue of this export went
+    through, e.g. one whose answer was lost: nothing to redo).
+    """
     code = str(code)
     if code in REAUTH_CODES:
         return Action.REAUTH
@@ -111,7 +119,12 @@ def classify(code: str, message: str = "") -> Action:
     if code == "607":
         return Action.STOP
     if code == "1029":
-        return Action.STOP if "quota" in message.lower() else Action.RETRY  # export quota vs. queue full
+        text = message.lower()
+        if "quota" in text:
+            return Action.STOP
+        if "already" in text:
+            return Action.DONE
+        return Action.RETRY
     return Action.FAIL
 
 
@@ -127,6 +140,10 @@ class MarketoQuotaExceeded(MarketoError):
 
 class MarketoRetriesExhausted(MarketoError):
     """A transient error that outlasted `max_attempts`."""
+
+
+class MarketoAlreadyDone(MarketoError):
+    """Marketo says the request was carried out before (1029 "Job already queued")."""
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random = random) -> float:
@@ -151,6 +168,7 @@ class CallGate:
         self.calls, self.window, self.max_concurrency = calls, window, max_concurrency
         self._clock, self._sleep = clock, sleep
         self._free_at: List[float] = [float("-inf")] * calls  # per token; +inf while its call is in flight
+        self._before: Dict[int, float] = {}  # a token's free time before the call in flight took it
         self._in_flight = 0
         self._cond = threading.Condition()
         self.waited_seconds = 0.0
@@ -167,7 +185,7 @@ class CallGate:
                 now = self._clock()
                 i = min(range(self.calls), key=self._free_at.__getitem__)
                 if self._in_flight < self.max_concurrency and self._free_at[i] <= now:
-                    self._free_at[i] = float("inf")
+                    self._before[i], self._free_at[i] = self._free_at[i], float("inf")
                     self._in_flight += 1
                     return i
                 wait = 0.05 if self._in_flight >= self.max_concurrency or self._free_at[i] == float("inf") \
@@ -178,6 +196,14 @@ class CallGate:
     def release(self, token: int) -> None:
         with self._cond:
             self._free_at[token] = self._clock() + self.window
+            self._before.pop(token, None)
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def give_back(self, token: int) -> None:
+        """Return a token whose call was never sent: it is free again when it was before `acquire`."""
+        with self._cond:
+            self._free_at[token] = self._before.pop(token)
             self._in_flight -= 1
             self._cond.notify_all()
 
@@ -217,8 +243,7 @@ class MarketoClient:
         self._rng = rng or random.Random()
         self.gate = CallGate(config.calls_per_window, config.window_seconds, config.max_concurrency)
         self.stats = CallStats(calls_today_before=calls_today_before)
-        self._token: Optional[str] = None
-        self._token_expires_at = 0.0
+        self._auth: Tuple[Optional[str], float] = (None, 0.0)  # (access token, good until on time.monotonic)
         self._token_lock = threading.Lock()
         self._stats_lock = threading.Lock()
 
@@ -226,11 +251,21 @@ class MarketoClient:
         self._session.close()
 
     # auth
+    @property
+    def _token(self) -> Optional[str]:
+        return self._auth[0]
+
+    def _live_token(self) -> Optional[str]:
+        """The access token if it is still good to send now, else None. Takes no lock: it is read while a
+        gate slot is held, and a thread that holds a slot must never wait for one that fetches a token."""
+        token, good_until = self._auth
+        return token if token is not None and time.monotonic() < good_until else None
+
     def _access_token(self, force: bool = False, stale: Optional[str] = None) -> str:
         with self._token_lock:
             if force and stale is not None and self._token != stale:
                 return self._token  # another thread refreshed it already
-            if force or self._token is None or time.monotonic() >= self._token_expires_at:
+            if force or self._live_token() is None:
                 self._fetch_token()
             return self._token
 
@@ -239,7 +274,7 @@ class MarketoClient:
         data = {"grant_type": "client_credentials", "client_id": self.config.client_id,
                 "client_secret": self.config.client_secret}
         for _ in range(3):
-            body = self._send("POST", url, "/identity/oauth/token", data=data, counts=False)
+            body, _ = self._send("POST", url, "/identity/oauth/token", data=data, counts=False)
             if "access_token" not in body:
                 raise MarketoError(body.get("error", "auth"), body.get("error_description", "no access_token"),
                                    "/identity/oauth/token")
@@ -250,22 +285,39 @@ class MarketoClient:
         # Refresh `margin` before expiry; but a token handed back again (asked early) is used until ~1 s before.
         margin = 1.0 if body["access_token"] == self._token else min(self.config.token_refresh_margin_seconds,
                                                                       life / 2)
-        self._token, self._token_expires_at = body["access_token"], time.monotonic() + life - margin
+        self._auth = (body["access_token"], time.monotonic() + life - margin)
         self.stats.token_refreshes += 1
         log.info("marketo: access token obtained (valid %.0fs, refreshing %.0fs early)", life, margin)
 
     # transport
-    def _send(self, method: str, url: str, path: str, counts: bool = True, raw: bool = False, **kw) -> Any:
-        """One HTTP call through the gate, with HTTP-level retries (timeouts, 5xx)."""
+    def _acquire_with_token(self) -> Tuple[int, str]:
+        """A gate slot, then a token checked right before the call goes out: a token that went stale while
+        the call waited for the rate limiter is refreshed first (the slot is given back unused meanwhile, so
+        the identity call can take one). After a few refreshes in a row the call goes with the newest token."""
+        for _ in range(3):
+            slot = self.gate.acquire()
+            token = self._live_token()
+            if token is not None:
+                return slot, token
+            self.gate.give_back(slot)
+            self._access_token()
+        return self.gate.acquire(), self._token
+
+    def _send(self, method: str, url: str, path: str, counts: bool = True, raw: bool = False, auth: bool = False,
+              **kw) -> Tuple[Any, Optional[str]]:
+        """One HTTP call through the gate, with HTTP-level retries (timeouts, 5xx): (body, the token it sent).
+        With `auth`, each attempt takes the access token only once the gate lets it through."""
         for attempt in range(self.config.max_attempts):
             if counts and self.stats.calls_today >= self.config.daily_call_budget:
                 raise MarketoQuotaExceeded("budget", f"daily call budget {self.config.daily_call_budget} used", path)
-            token = self.gate.acquire()
+            slot, token = self._acquire_with_token() if auth else (self.gate.acquire(), None)
             try:
                 with self._stats_lock:
                     self.stats.calls += 1
                     self.stats.api_calls += counts
-                resp = self._session.request(method, url, timeout=self.config.timeout_seconds, **kw)
+                headers = {"Authorization": f"Bearer {token}"} if auth else None
+                resp = self._session.request(method, url, timeout=self.config.timeout_seconds, headers=headers,
+                                             **kw)
             except (requests.Timeout, requests.ConnectionError) as e:
                 reason, detail = "timeout", type(e).__name__
             else:
@@ -273,14 +325,14 @@ class MarketoClient:
                     if resp.status_code >= 400 and not path.startswith("/identity"):
                         raise MarketoError(f"http_{resp.status_code}", resp.text[:300], path)
                     if raw and "json" not in resp.headers.get("Content-Type", ""):
-                        return resp.text
+                        return resp.text, token
                     try:
-                        return resp.json()
+                        return resp.json(), token
                     except ValueError:
                         raise MarketoError("bad_json", resp.text[:300], path) from None
                 reason, detail = "http_5xx", str(resp.status_code)
             finally:
-                self.gate.release(token)
+                self.gate.release(slot)
             self._backoff(attempt, reason, detail, path)
         raise MarketoRetriesExhausted(reason, f"{detail} after {self.config.max_attempts} attempts", path)
 
@@ -298,9 +350,7 @@ class MarketoClient:
         attempt = 0
         reauths = 0
         while True:
-            token = self._access_token()
-            body = self._send(method, url, path, params=params, json=json, raw=raw,
-                              headers={"Authorization": f"Bearer {token}"})
+            body, token = self._send(method, url, path, params=params, json=json, raw=raw, auth=True)
             if isinstance(body, str) or body.get("success", True):
                 return body
             err = (body.get("errors") or [{"code": "unknown", "message": str(body)[:300]}])[0]
@@ -315,6 +365,8 @@ class MarketoClient:
                 continue
             if action is Action.STOP:
                 raise MarketoQuotaExceeded(code, message, path)
+            if action is Action.DONE:
+                raise MarketoAlreadyDone(code, message, path)
             if action is not Action.RETRY:
                 raise MarketoError(code, message, path)
             if attempt + 1 >= self.config.max_attempts:
@@ -361,7 +413,14 @@ class MarketoClient:
         return str(body["result"][0]["exportId"])
 
     def enqueue_lead_export(self, export_id: str) -> Dict[str, Any]:
-        return self.call("POST", f"/bulk/v1/leads/export/{export_id}/enqueue.json")["result"][0]
+        """Queue a created export. "Job already queued" (1029) means an earlier enqueue went through (its
+        answer lost, or a run that died after it): the export's status is returned instead."""
+        try:
+            return self.call("POST", f"/bulk/v1/leads/export/{export_id}/enqueue.json")["result"][0]
+        except MarketoAlreadyDone as e:
+            log.info("marketo: export %s was queued already (%s: %s): carrying on with it", export_id, e.code,
+                     e.message)
+            return self.lead_export_status(export_id)
 
     def lead_export_status(self, export_id: str) -> Dict[str, Any]:
         return self.call("GET", f"/bulk/v1/leads/export/{export_id}/status.json")["result"][0]

@@ -5,7 +5,10 @@
 
 Incremental: paging token -> `activities/leadchanges.json` pages (+ `leads.json` for the leads' fields) until
 `moreResult` is false. Backfill: Bulk Lead Extract jobs in windows of <= 31 days filtered by `updatedAt`
-(`createdAt` where the instance answers 1035); an export in progress is resumed after a crash.
+(`createdAt` where the instance answers 1035); an export in progress is resumed after a crash. A `null` cell
+of an export file is an empty field (absent from the message); an export that ends Failed or Canceled is
+created again (at most 3 times per window and run); one that has not completed after
+--export-timeout-seconds (env MARKETO_EXPORT_TIMEOUT_SECONDS, default 6 h) fails the run.
 
 Exactly once on the topic: each page is published as follows, the state living in `marketo_sync_state`:
   1. record the page as *pending* (its marketoGUIDs and the topic's end offsets) in Postgres;
@@ -38,6 +41,7 @@ import psycopg2
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from psycopg2.extras import Json
 
+from io_connectors import settings
 from io_connectors.marketo import MarketoClient, MarketoConfig, MarketoError, MarketoQuotaExceeded, quota_day
 from io_connectors.settings import KafkaSettings, PostgresSettings
 from events.topics import LEADS, dlq_topic
@@ -48,6 +52,12 @@ log = logging.getLogger("marketo_extractor")
 
 NEW_LEAD, CHANGE_DATA_VALUE = 12, 13
 RECENT_GUIDS = 5000  # dedupe window kept with the cursor
+EXPORT_TIMEOUT_SECONDS = 6 * 3600  # default; --export-timeout-seconds or MARKETO_EXPORT_TIMEOUT_SECONDS
+MAX_EXPORT_ATTEMPTS = 3  # exports of one window that may end without a file (Failed, Canceled) in one run
+# Bulk export statuses (Marketo documents Created, Queued, Processing, Canceled, Completed, Failed; its
+# cancel.json answer spells it Cancelled).
+EXPORT_WAITING = ("Queued", "Processing")
+EXPORT_ENDED = ("Failed", "Canceled", "Cancelled")
 CHANGE_FIELDS = ("email", "firstName", "lastName", "company", "title", "phone", "leadSource", "leadStatus",
                  "leadScore", "country", "state", "city")
 
@@ -82,7 +92,13 @@ def activity_to_delta(act: Dict[str, Any], lead: Dict[str, Any]) -> MarketoLeadD
         **_lead_fields(lead))
 
 
-def export_row_to_delta(row: Dict[str, str]) -> MarketoLeadDelta:
+def parse_export(text: str) -> List[Dict[str, Optional[str]]]:
+    """The rows of a Bulk Lead Extract CSV file. Marketo writes an empty field as the text `null` (its
+    documentation: a requested field that contains no data is `null` in the export file): that is None here."""
+    return [{k: None if v == "null" else v for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+
+
+def export_row_to_delta(row: Dict[str, Optional[str]]) -> MarketoLeadDelta:
     """A Bulk Lead Extract CSV row as a delta; its GUID is `bulk:<leadId>:<updatedAt ms>` (stable on rerun)."""
     fields = _lead_fields(row)
     ts = fields["updated_at_ms"] or fields["created_at_ms"]
@@ -104,7 +120,10 @@ def build_page(items: Iterable[Dict[str, Any]], to_delta: Callable[[Dict[str, An
                seen: set, guid_of: Callable[[Dict[str, Any]], Optional[str]]) -> Page:
     page = Page()
     for item in items:
-        guid = guid_of(item)
+        try:
+            guid = guid_of(item)
+        except (ValueError, TypeError, KeyError):
+            guid = None  # e.g. an unparseable date: `to_delta` fails on it too, and the item is dead-lettered
         if guid and guid in seen:
             page.duplicates += 1
             continue
@@ -250,7 +269,7 @@ class Extractor:
     def __init__(self, client: MarketoClient, store: SyncStore, publisher: LeadPublisher, cursor: str,
                  ledger: str = "marketo.calls", batch_size: int = 300, lead_chunk: int = 300,
                  max_pages: int = 10_000, export_window_days: float = 31, export_poll_seconds: float = 60,
-                 export_timeout_seconds: float = 6 * 3600, export_chunk_rows: int = 1000,
+                 export_timeout_seconds: float = EXPORT_TIMEOUT_SECONDS, export_chunk_rows: int = 1000,
                  fields: Sequence[str] = CHANGE_FIELDS):
         self.client, self.store, self.publisher = client, store, publisher
         self.cursor, self.ledger = cursor, ledger
@@ -357,6 +376,7 @@ class Extractor:
                      "filter": "updatedAt", "export_id": None, "rows_done": 0}
         state["row"] = row
         state = self.recover(state)
+        ended = 0  # exports of the current window that ended without a file in this run
         while dt.datetime.fromisoformat(state["window_start"]) < until:
             start = dt.datetime.fromisoformat(state["window_start"])
             end = min(start + self.window, until)
@@ -366,11 +386,15 @@ class Extractor:
                 self.store.save(**{row: state})
                 self.stats.exports += 1
             text = self._wait_for_export(state["export_id"])
-            if text is None:  # failed or cancelled: create it again
+            if text is None:  # failed or canceled: create it again, a few times per run
                 state = {**state, "export_id": None}
                 self.store.save(**{row: state})
+                ended += 1
+                if ended >= MAX_EXPORT_ATTEMPTS:
+                    raise RuntimeError(f"{ended} exports of {start.isoformat()}..{end.isoformat()} ended without a "
+                                       f"file (Failed or Canceled): giving up; the next run creates it again")
                 continue
-            rows = list(csv.DictReader(io.StringIO(text)))
+            rows = parse_export(text)
             for i in range(state.get("rows_done", 0), len(rows), self.chunk_rows):
                 chunk = rows[i:i + self.chunk_rows]
                 seen = set(state.get("recent_guids", []))
@@ -382,6 +406,7 @@ class Extractor:
                                f"rows {i + len(chunk)}/{len(rows)}")
             state = {**state, "window_start": end.isoformat(), "export_id": None, "rows_done": 0}
             self.store.save(**{row: state})
+            ended = 0
         self.store.save(**{row: {**state, "done": True}})
 
     def _create_export(self, state: Dict[str, Any], start: dt.datetime, end: dt.datetime) -> str:
@@ -396,18 +421,25 @@ class Extractor:
             return self.client.create_lead_export(fields, "createdAt", start, end)
 
     def _wait_for_export(self, export_id: str) -> Optional[str]:
+        """The export's file once it is Completed, or None when it ended without one (Failed, Canceled): the
+        caller creates it again. Created: enqueue it; Queued, Processing: poll again. A status Marketo does not
+        document fails the run at once rather than being polled until the timeout."""
         deadline = time.monotonic() + self.export_timeout
         while time.monotonic() < deadline:
             status = self.client.lead_export_status(export_id)["status"]
             if status == "Completed":
                 return self.client.lead_export_file(export_id)
-            if status in ("Failed", "Cancelled"):
+            if status in EXPORT_ENDED:
                 log.warning("export %s ended %s: creating it again", export_id, status)
                 return None
             if status == "Created":
                 self.client.enqueue_lead_export(export_id)
-            time.sleep(self.poll_seconds)
-        raise TimeoutError(f"export {export_id} did not complete in {self.export_timeout:.0f}s")
+            elif status not in EXPORT_WAITING:
+                raise MarketoError("export_status", f"undocumented export status {status!r}",
+                                   f"/bulk/v1/leads/export/{export_id}/status.json")
+            time.sleep(max(0.0, min(self.poll_seconds, deadline - time.monotonic())))
+        raise TimeoutError(f"export {export_id} did not complete in {self.export_timeout:g}s "
+                           f"(--export-timeout-seconds)")
 
     def _progress(self, what: str) -> None:
         s = self.client.stats
@@ -432,6 +464,16 @@ def _when(text: str) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m io_connectors.marketo_extractor", description=__doc__.split("\n")[0])
     p.add_argument("--cursor", default="marketo.leads", help="name of the durable cursor (marketo_sync_state)")
@@ -446,6 +488,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--export-poll-seconds", type=float, default=60.0, help="bulk export status poll interval")
     p.add_argument("--export-window-days", type=float, default=31.0, help="bulk export window (<= 31 days)")
     p.add_argument("--export-chunk-rows", type=int, default=1000, help="export rows published per checkpoint")
+    p.add_argument("--export-timeout-seconds", type=_positive,
+                   help=f"give up on a bulk export that has not completed in this long (default "
+                        f"{EXPORT_TIMEOUT_SECONDS}, env MARKETO_EXPORT_TIMEOUT_SECONDS)")
     p.add_argument("--topic", default=LEADS)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="mode")
@@ -457,6 +502,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.set_defaults(since=None)
     args = p.parse_args(argv)
     args.mode = args.mode or "incremental"
+    if args.export_timeout_seconds is None:
+        raw = settings.get("MARKETO_EXPORT_TIMEOUT_SECONDS")
+        try:
+            args.export_timeout_seconds = _positive(raw) if raw else float(EXPORT_TIMEOUT_SECONDS)
+        except argparse.ArgumentTypeError as e:
+            p.error(f"MARKETO_EXPORT_TIMEOUT_SECONDS: {e}")
     return args
 
 
@@ -484,7 +535,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     publisher = LeadPublisher(KafkaSettings.from_env(), args.topic)
     job = Extractor(client, store, publisher, args.cursor, ledger=args.ledger, batch_size=args.batch_size,
                     lead_chunk=args.lead_chunk, max_pages=args.max_pages, export_window_days=args.export_window_days,
-                    export_poll_seconds=args.export_poll_seconds, export_chunk_rows=args.export_chunk_rows)
+                    export_poll_seconds=args.export_poll_seconds, export_chunk_rows=args.export_chunk_rows,
+                    export_timeout_seconds=args.export_timeout_seconds)
     status, rc = "done", 0
     try:
         job.open_ledger()

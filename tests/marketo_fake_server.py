@@ -6,7 +6,10 @@ Errors come back as Marketo sends them: HTTP 200, `success: false`, `errors: [{c
 
 Like Marketo it enforces its own limits (606 past `rate_limit` calls per `rate_window` s, 615 past
 `max_concurrency` calls in flight), returns the same token until it expires (`expires_in` is its remaining
-life), and answers 601/602 for unknown/expired tokens. Faults are queued with `inject(kind, path, times)`.
+life), answers 601/602 for unknown/expired tokens, writes empty fields of an export file as `null`, spells a
+cancelled export's status `Canceled`, and answers 1029 "Job already queued" to a second enqueue of an export.
+Exports complete after `export_polls` status polls, unless `export_endings` says how the next ones end
+("Failed", "Canceled"). Faults are queued with `inject(kind, path, times)`.
 Every call is recorded (`calls`: arrival time on time.monotonic, method, path, outcome) so tests can check
 the client's rate; `max_in_flight` is the most calls seen in flight at once.
 """
@@ -32,7 +35,8 @@ MESSAGES = {
     "606": "Max rate limit '100' exceeded with in '20' secs", "607": "Daily quota reached",
     "608": "API Temporarily Unavailable", "611": "System error", "615": "Concurrent access limit reached",
     "713": "Transient Error", "1029queue": "Too many jobs (10) in queue",
-    "1029quota": "Export daily quota 500MB exceeded", "1035": "Unsupported filter type for target subscription",
+    "1029quota": "Export daily quota 500MB exceeded", "1029queued": "Job already queued",
+    "1035": "Unsupported filter type for target subscription",
 }
 
 
@@ -52,11 +56,12 @@ class FakeMarketo:
     def __init__(self, client_id: str = "test-client-id", client_secret: str = "test-client-secret",
                  token_ttl: float = 3600, rate_limit: int = 100, rate_window: float = 20.0, max_concurrency: int = 10,
                  short_page_every: int = 0, repeat_last_guid: bool = False, updated_at_filter: bool = True,
-                 export_polls: int = 2):
+                 export_polls: int = 2, export_empty: str = "null"):
         self.client_id, self.client_secret, self.token_ttl = client_id, client_secret, token_ttl
         self.rate_limit, self.rate_window, self.max_concurrency = rate_limit, rate_window, max_concurrency
         self.short_page_every, self.repeat_last_guid = short_page_every, repeat_last_guid
-        self.updated_at_filter, self.export_polls = updated_at_filter, export_polls
+        self.updated_at_filter, self.export_polls, self.export_empty = updated_at_filter, export_polls, export_empty
+        self.export_endings: List[str] = []  # how the next exports end instead of Completed (in creation order)
         self.activities: List[Dict[str, Any]] = []  # ordered by activityDate
         self.leads: Dict[int, Dict[str, Any]] = {}
         self.exports: Dict[str, Dict[str, Any]] = {}
@@ -96,8 +101,9 @@ class FakeMarketo:
 
     def inject(self, kind: str, path: str = "", times: int = 1, arg: float = 0.0) -> None:
         """Queue a fault for the next `times` calls whose path contains `path`. Kinds: a Marketo code
-        ("601", "602", "604", "606", "607", "608", "611", "615", "713", "1029queue", "1029quota"), "http_500",
-        "http_503", "slow" (answer after `arg` s), "expire" (expire every token first: a genuine 602)."""
+        ("601", "602", "604", "606", "607", "608", "611", "615", "713", "1029queue", "1029quota", "1029queued"),
+        "http_500", "http_503", "slow" (answer after `arg` s), "expire" (expire every token first: a genuine
+        602), "drop" (carry the call out, then close the connection without answering: a lost answer)."""
         with self._lock:
             self._faults.append([kind, path, times, arg])
 
@@ -161,6 +167,9 @@ class FakeMarketo:
             if fault and fault[0] == "expire":
                 self.expire_tokens()
                 fault = None
+            drop = bool(fault and fault[0] == "drop")
+            if drop:
+                fault = None
             if fault and fault[0].startswith("http_"):
                 status, payload, ctype = int(fault[0][5:]), b"<html>Service Unavailable</html>", "text/html"
             elif url.path == "/identity/oauth/token":
@@ -186,6 +195,10 @@ class FakeMarketo:
             status, payload, ctype, call.outcome = 500, repr(e).encode(), "text/plain", "fake_bug"
         with self._lock:
             self.in_flight -= 1  # before answering: the client can't start another call on this one's slot sooner
+        if drop:
+            call.outcome = f"dropped ({call.outcome})"
+            req.close_connection = True  # the call was carried out; its answer never reaches the client
+            return
         try:
             req.send_response(status)
             req.send_header("Content-Type", ctype)
@@ -282,8 +295,10 @@ class FakeMarketo:
             if end - start > dt.timedelta(days=31):
                 return 200, {"success": False, "errors": [{"code": "1003", "message": "Date range must be 31 days or fewer"}]}, j
             eid = str(uuid.uuid4())
+            ending = self.export_endings.pop(0) if self.export_endings else "Completed"
             self.exports[eid] = {"exportId": eid, "format": "CSV", "status": "Created", "createdAt": iso(_now()),
-                                 "fields": req["fields"], "filter": name, "start": start, "end": end, "polls": 0}
+                                 "fields": req["fields"], "filter": name, "start": start, "end": end, "polls": 0,
+                                 "ending": ending}
             return 200, self._ok([self._export_view(eid)]), j
         eid, action = tail[0], tail[1]
         job = self.exports.get(eid)
@@ -296,9 +311,9 @@ class FakeMarketo:
         elif action == "status.json":
             if job["status"] in ("Queued", "Processing"):
                 job["polls"] += 1
-                job["status"] = "Completed" if job["polls"] >= self.export_polls else "Processing"
+                job["status"] = job.get("ending", "Completed") if job["polls"] >= self.export_polls else "Processing"
         elif action == "cancel.json":
-            job["status"] = "Cancelled"
+            job["status"] = "Canceled"
         elif action == "file.json":
             if job["status"] != "Completed":
                 return 200, {"success": False, "errors": [{"code": "1003", "message": "Job not completed"}]}, j
@@ -307,14 +322,20 @@ class FakeMarketo:
 
     def _export_rows(self, job) -> List[Dict[str, Any]]:
         key = job["filter"]
-        return [lead for lead in sorted(self.leads.values(), key=lambda x: (x[key], x["id"]))
-                if job["start"] <= dt.datetime.fromisoformat(lead[key]) < job["end"]]
+
+        def when(lead):  # updatedAt filters on the last field update, not the visible field (which may be empty)
+            return lead.get(key) or lead["createdAt"]
+
+        return [lead for lead in sorted(self.leads.values(), key=lambda x: (when(x), x["id"]))
+                if job["start"] <= dt.datetime.fromisoformat(when(lead)) < job["end"]]
 
     def _export_file(self, job) -> str:
+        """CSV as Marketo writes it: every requested field, an empty one as `export_empty` (`null`)."""
         out = io.StringIO()
         w = csv.DictWriter(out, fieldnames=job["fields"], extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in self._export_rows(job))
+        for r in self._export_rows(job):
+            w.writerow({k: self.export_empty if r.get(k) in (None, "") else r[k] for k in job["fields"]})
         return out.getvalue()
 
     def _export_view(self, eid: str) -> Dict[str, Any]:

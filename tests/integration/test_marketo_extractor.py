@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.marketo_fake_server import FakeMarketo
+from tests.marketo_fake_server import FakeMarketo, iso
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -55,11 +55,11 @@ def _child() -> None:
     sys.exit(mx.main(sys.argv[1:]))
 
 
-def _run(url: str, args, crash: str = "") -> subprocess.CompletedProcess:
+def _run(url: str, args, crash: str = "", **env_extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MARKETO_BASE_URL": url, "MARKETO_CLIENT_ID": "test-client-id",
            "MARKETO_CLIENT_SECRET": SECRET, "MARKETO_CALLS_PER_WINDOW": str(LIMIT),
            "MARKETO_WINDOW_SECONDS": str(WINDOW), "MARKETO_MAX_CONCURRENCY": str(CONCURRENCY),
-           "MARKETO_TEST_CRASH": crash, "PYTHONPATH": str(REPO)}
+           "MARKETO_TEST_CRASH": crash, "PYTHONPATH": str(REPO), **env_extra}
     cmd = [sys.executable, "-c", "from tests.integration.test_marketo_extractor import _child; _child()",
            "--backoff-base-seconds", "0.05", *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -232,5 +232,78 @@ def test_quota_errors_stop_the_run_cleanly(names):
         r = _run(url, ["--cursor", cursor + ".b", "--ledger", ledger, "backfill", "--since", "2026-10-01T00:00:00Z",
                        "--until", "2026-10-10T00:00:00Z"])
         assert r.returncode == 3 and "Export daily quota" in r.stderr
+    finally:
+        fake.stop()
+
+
+def _expected_bulk_message(lead) -> dict:
+    """What the topic must hold for an exported lead, written out from the lead itself: empty fields absent."""
+    ms = lambda text: int(dt.datetime.fromisoformat(text).timestamp() * 1000)  # noqa: E731
+    created = ms(lead["createdAt"])
+    updated = ms(lead["updatedAt"]) if lead.get("updatedAt") else None
+    ts = updated or created
+    want = {"schema_version": 1, "lead_id": lead["id"], "marketo_guid": f"bulk:{lead['id']}:{ts}", "timestamp": ts,
+            "change_type": "bulk_export", "changes": [], "attributes": {}, "created_at_ms": created}
+    if updated:
+        want["updated_at_ms"] = updated
+    for api, field in (("email", "email"), ("firstName", "first_name"), ("company", "company"), ("title", "title")):
+        if lead.get(api):
+            want[field] = lead[api]
+    if lead.get("leadScore") is not None:
+        want["lead_score"] = int(lead["leadScore"])
+    return want
+
+
+def test_backfill_publishes_the_null_cells_of_an_export_as_absent_fields(names, topic_reader):
+    """Marketo writes an empty field of an export file as `null`: a leadScore, email, company or updatedAt
+    that is `null` is absent from the published message, and each row is published (none dead-lettered)."""
+    cursor, ledger = names
+    base = random.randint(1_000_000, 2_000_000_000)
+    fake = FakeMarketo(client_secret=SECRET, rate_limit=LIMIT, rate_window=WINDOW, max_concurrency=CONCURRENCY,
+                       export_polls=2)
+    url = fake.start()
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    since, until = now - dt.timedelta(days=40), now
+    leads = []
+    for i in range(12):
+        created = since + dt.timedelta(days=3 * i + 0.5)
+        leads.append(fake.add_lead(
+            base + i, created, email=f"null{i}@example.com" if i % 3 else None, firstName=f"F{i}" if i % 4 else None,
+            leadScore=str(5 * i) if i % 2 else None, company="Acme" if i % 5 else "",
+            title=None if i % 3 == 1 else f"T{i}",
+            updatedAt=None if i % 6 == 5 else iso(created + dt.timedelta(hours=i + 1))))
+    args = ["--cursor", cursor, "--ledger", ledger, "--export-poll-seconds", "0.05", "--export-chunk-rows", "5",
+            "backfill", "--since", since.isoformat(), "--until", until.isoformat()]
+    try:
+        done = _run(url, args)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        fake.stop()
+    files = [fake._export_file(job) for job in fake.exports.values()]
+    assert len(files) == 2 and all(",null," in f for f in files)  # two windows, both files with null cells
+    assert "dead_letters=0" in done.stderr.strip().splitlines()[-1]
+
+    got = [v for _, _, v in topic_reader() if base <= v.get("lead_id", 0) < base + 12]
+    assert sorted(v["lead_id"] for v in got) == [lead["id"] for lead in leads]  # each lead exactly once
+    by_id = {v["lead_id"]: v for v in got}
+    for lead in leads:
+        assert by_id[lead["id"]] == _expected_bulk_message(lead), f"lead {lead['id']}"
+    assert not [v for v in got if "null" in v.values()]  # no field holds the text "null"
+    assert {v.get("lead_score") for v in got} == {None} | {5 * i for i in range(1, 12, 2)}
+    _assert_rate(fake)
+
+
+def test_export_timeout_comes_from_the_flag_or_the_environment(names):
+    cursor, ledger = names
+    fake = FakeMarketo(client_secret=SECRET, export_polls=10 ** 6)  # the export never completes
+    url = fake.start()
+    window = ["backfill", "--since", "2026-10-01T00:00:00Z", "--until", "2026-10-10T00:00:00Z"]
+    try:
+        r = _run(url, ["--cursor", cursor, "--ledger", ledger, "--export-poll-seconds", "0.05",
+                       "--export-timeout-seconds", "1.5", *window])
+        assert r.returncode == 1 and "did not complete in 1.5s" in r.stderr, r.stderr[-2000:]
+        r = _run(url, ["--cursor", cursor + ".env", "--ledger", ledger, "--export-poll-seconds", "0.05", *window],
+                 MARKETO_EXPORT_TIMEOUT_SECONDS="1")
+        assert r.returncode == 1 and "did not complete in 1s" in r.stderr, r.stderr[-2000:]
     finally:
         fake.stop()

@@ -24,6 +24,7 @@ SECRET = "unit-test-secret-do-not-log"
     ("604", "", Action.RETRY), ("606", "", Action.RETRY), ("608", "", Action.RETRY), ("611", "", Action.RETRY),
     ("615", "", Action.RETRY), ("713", "", Action.RETRY), ("607", "Daily quota reached", Action.STOP),
     ("1029", "Too many jobs (10) in queue", Action.RETRY), ("1029", "Export daily quota 500MB exceeded", Action.STOP),
+    ("1029", "Job already queued", Action.DONE),
     ("1003", "Invalid filter", Action.FAIL), ("1035", "Unsupported filter type", Action.FAIL), ("610", "", Action.FAIL),
 ])
 def test_classify_maps_every_documented_code(code, message, action):
@@ -73,6 +74,21 @@ def test_gate_preload_carries_a_previous_runs_calls():
     gate.preload([99.0, 99.5, 100.0])
     gate.acquire()
     assert clock.now == pytest.approx(109.0)
+
+
+def test_gate_takes_back_a_token_whose_call_was_never_sent():
+    clock = _FakeClock()
+    gate = CallGate(calls=2, window=10.0, max_concurrency=1, clock=clock, sleep=clock.sleep)
+    used = gate.acquire()
+    clock.now = 1.0
+    gate.release(used)  # a call that was sent: its token comes back at 11.0
+    unused = gate.acquire()
+    gate.give_back(unused)  # never sent: free again at once, and no longer in flight
+    assert gate.recent() == [pytest.approx(1.0)]
+    gate.release(gate.acquire())
+    assert clock.now == pytest.approx(1.0)  # no wait: the given-back token was free
+    gate.acquire()
+    assert clock.now == pytest.approx(11.0)  # both tokens used by sent calls now
 
 
 def test_gate_limits_concurrency_across_threads():
@@ -178,3 +194,33 @@ def test_daily_budget_and_call_accounting(fake):
         client.paging_token(since)
     assert client.stats.api_calls == 2 and client.stats.calls_today == 3
     assert client.stats.calls == 3  # identity call counted in the rate, not in the quota
+
+
+def test_a_token_that_expired_during_a_rate_limit_wait_is_refreshed_before_the_call_goes_out():
+    """Token life 2 s (refreshed 1 s early), 2 calls per 2.5 s: the third call (identity included) waits
+    ~2.5 s for the rate limiter, and the token it would have taken before the wait has expired by then."""
+    server = FakeMarketo(client_secret=SECRET, token_ttl=2)
+    server.url = server.start()
+    try:
+        client = _client(server, calls_per_window=2, window_seconds=2.5)
+        since = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+        client.paging_token(since)
+        client.paging_token(since)
+        assert client.gate.waited_seconds >= 2.0  # the second call did wait for the limiter
+        assert [c.outcome for c in server.calls_to("pagingtoken")] == ["ok", "ok"]  # no call wasted on a 602
+        assert not {"601", "602"} & set(client.stats.retries)
+        assert [c.outcome for c in server.calls_to("identity")] == ["ok", "ok"] and client.stats.token_refreshes == 2
+        assert server.max_calls_in_window(2.5) <= 2
+    finally:
+        server.stop()
+
+
+def test_job_already_queued_after_a_lost_enqueue_answer_carries_on_with_that_export(fake):
+    client = _client(fake)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    export_id = client.create_lead_export(("id", "email"), "createdAt", start, start + dt.timedelta(days=3))
+    fake.inject("drop", "enqueue")  # Marketo queues the export; its answer never arrives; the client resends
+    status = client.enqueue_lead_export(export_id)
+    assert status["exportId"] == export_id and status["status"] in ("Queued", "Processing")
+    assert [c.outcome for c in fake.calls_to("enqueue")] == ["dropped (ok)", "1029"]  # resent once, not retried
+    assert client.stats.retries["timeout"] == 1 and "1029" not in client.stats.retries
