@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - the summary is informative only
         print(f"  Redis: {e}")
     try:
-        from io_connectors.parquet_archive import s3_client
+        from io_connectors.clients import s3_client
         from io_connectors.settings import SpacesSettings
 
         ss = SpacesSettings.from_env()

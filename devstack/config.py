@@ -28,6 +28,14 @@ PORTS = {
     "job-server": 8099,
     "job-server-artifacts": 8098,
     "job-server-expansion": 8096,
+    "flink-metrics-jobmanager": 9249,
+    "flink-metrics-taskmanager": 9250,
+    "prometheus": 9090,
+    "alertmanager": 9094,
+    "alertmanager-cluster": 9095,
+    "postgres-exporter": 9187,
+    "redis-exporter": 9121,
+    "status": 8000,
 }
 
 

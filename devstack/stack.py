@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from devstack.config import DATA, DOWNLOADS, ENV_FILE, LOGS, RUN, ensure_env_file, load_env_file
 from devstack.process import StackError, log, pid_alive, port_open, read_pid, wait_until
-from devstack.services import Service, beam_services, flink, kafka, postgres, redis, s3, worker_pool
+from devstack.services import Service, beam_services, flink, kafka, monitoring, postgres, redis, s3, worker_pool
 
 SERVICES: List[Service] = [
     postgres.SERVICE,
@@ -27,6 +27,11 @@ SERVICES: List[Service] = [
     worker_pool.SERVICE,
     beam_services.EXPANSION_SERVICE,
     beam_services.JOB_SERVER,
+    monitoring.POSTGRES_EXPORTER,
+    monitoring.REDIS_EXPORTER,
+    monitoring.STATUS,
+    monitoring.ALERTMANAGER,
+    monitoring.PROMETHEUS,
 ]
 
 

@@ -454,6 +454,20 @@ class Extractor:
                 f"rate_wait={self.client.gate.waited_seconds:.1f}s time={time.monotonic() - self._started:.1f}s")
 
 
+def _record_run(store: "SyncStore", name: str, job: "Extractor", status: str, rc: int) -> None:
+    """The run's summary in marketo_sync_state (the status service exports it to Prometheus)."""
+    try:
+        previous = store.load(name) or {}
+        now = time.time()
+        store.save(**{name: {
+            "status": "ok" if rc == 0 else "failed", "detail": status[:500], "finished_at": now,
+            "last_success_at": now if rc == 0 else previous.get("last_success_at"),
+            "published": job.stats.published, "dead_letters": job.stats.dead_letters,
+            "calls": job.client.stats.calls}})
+    except Exception:  # noqa: BLE001 - the summary is for monitoring; the run's outcome stands
+        log.exception("could not record the run summary in marketo_sync_state")
+
+
 def _bulk_guid(row: Dict[str, str]) -> Optional[str]:
     ts = _ms(row.get("updatedAt")) or _ms(row.get("createdAt"))
     return f"bulk:{row.get('id')}:{ts}"
@@ -555,6 +569,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         finally:
             publisher.close()
             client.close()
+            _record_run(store, f"{args.cursor}.last_run", job, status, rc)
             store.close()
     log.info(job.summary(status))
     return rc

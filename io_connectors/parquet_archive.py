@@ -49,7 +49,7 @@ from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
 from events import topics
-from io_connectors import settings as _settings
+from io_connectors.clients import s3_client
 from io_connectors.settings import SpacesSettings
 from events.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
 from events.records import KafkaRecord
@@ -165,20 +165,6 @@ def kafka_record_to_row(record: KafkaRecord, schema: pa.Schema) -> Dict[str, Any
         if f.name not in row:
             row[f.name] = _coerce(doc.get(f.name), f.type)
     return row
-
-
-def s3_client(settings: Optional[SpacesSettings] = None):
-    """boto3 S3 client for Spaces (or any S3 server): bounded retries with jittered backoff built in."""
-    import boto3
-    from botocore.config import Config
-
-    s = settings or SpacesSettings.from_env()
-    return boto3.client(
-        "s3", endpoint_url=s.endpoint, region_name=s.region, aws_access_key_id=s.access_key,
-        aws_secret_access_key=s.secret_key,
-        config=Config(s3={"addressing_style": _settings.get("SPACES_ADDRESSING_STYLE", "path")},
-                      retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=10, read_timeout=120,
-                      request_checksum_calculation="when_required", response_checksum_validation="when_required"))
 
 
 def object_key(prefix: str, topic: str, window_start_s: float, shard: int, num_shards: int, pane_index: int,

@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
-from io_connectors import settings as _settings
+from io_connectors.clients import redis_client as connect
 from io_connectors.retry import with_retries
 from io_connectors.settings import RedisSettings
 from events.dead_letters import DeadLetter, Tags
@@ -126,19 +126,6 @@ def script_args(event: Dict[str, Any], ttl_seconds: int) -> Tuple[List[str], Lis
             [seq, str(event["turn_id"]), event.get("message") or "", _iso(event_ms),
              event.get("channel") or "text", event.get("status") or "active",
              "" if rt is None else repr(float(rt)), event_ms, int(ttl_seconds)])
-
-
-def connect(settings: Optional[RedisSettings] = None, timeout_s: float = 5.0):
-    """A redis-py client from RedisSettings (AUTH with optional ACL user; TLS with REDIS_TLS_CA_FILE)."""
-    import redis
-
-    s = settings or RedisSettings.from_env()
-    kwargs: Dict[str, Any] = dict(host=s.host, port=s.port, db=s.db, password=s.password or None,
-                                  username=s.username or None, socket_timeout=timeout_s,
-                                  socket_connect_timeout=timeout_s, health_check_interval=30)
-    if s.tls:
-        kwargs.update(ssl=True, ssl_cert_reqs="required", ssl_ca_certs=_settings.get("REDIS_TLS_CA_FILE"))
-    return redis.Redis(**kwargs)
 
 
 def is_transient(exc: BaseException) -> bool:

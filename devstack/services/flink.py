@@ -68,6 +68,10 @@ def _flink_conf() -> None:
         f"state.checkpoints.dir: file://{DATA / 'flink-checkpoints'}",
         f"state.savepoints.dir: file://{DATA / 'flink-savepoints'}",
         f"io.tmp.dirs: {DATA / 'flink-tmp'}",
+        # Prometheus reporter (plugins/metrics-prometheus of the distribution): the JobManager takes the first
+        # port of the range, the TaskManager the second (devstack.services.prometheus scrapes both).
+        "metrics.reporter.prom.factory.class: org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        f"metrics.reporter.prom.port: {PORTS['flink-metrics-jobmanager']}-{PORTS['flink-metrics-taskmanager']}",
         f"blob.storage.directory: {DATA / 'flink-blobs'}",
         "",
     ]))

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from events import topics
-from io_connectors.parquet_archive import s3_client
+from io_connectors.clients import s3_client
 from tests.e2e.flink_helpers import end_offsets, poll, produce_with_offsets, read_from, readme_pipeline
 from events.dead_letters import DeadLetter
 from workloads.generator import MixedWorkload, ProducedRecord, TurnWorkload

@@ -180,8 +180,13 @@ def test_incremental_exactly_once_across_crashes_and_faults(names, topic_reader,
         state = cur.fetchone()[0]
         cur.execute("SELECT state FROM marketo_sync_state WHERE name = %s", (ledger,))
         calls = cur.fetchone()[0]
+        cur.execute("SELECT state FROM marketo_sync_state WHERE name = %s", (f"{cursor}.last_run",))
+        last_run = cur.fetchone()[0]
     assert state["pending"] is None and state["published"] >= 10
     assert calls["dirty"] is False and calls["calls"] > 0
+    # the second run's summary, for the status service: it published exactly the 15 later changes
+    assert last_run["status"] == "ok" and last_run["published"] == 15 and last_run["calls"] > 0
+    assert last_run["last_success_at"] == last_run["finished_at"]
     print("\n" + done.stderr.strip().splitlines()[-1])
     print(f"incremental: {len(got)} changes, {len(fake.calls)} calls, max {worst} calls/{WINDOW}s "
           f"(limit {LIMIT}), max {fake.max_in_flight} in flight")

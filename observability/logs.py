@@ -1,0 +1,77 @@
+"""Structured logs: one JSON object a line (python-json-logger), with the component (pipeline or service),
+the logger (step), the level and the message, and never a secret.
+
+`configure("kpi")` sets up the root logger of a process. Every record passes `RedactSecrets`, which replaces
+the value of every secret the process knows (settings named like a password, secret, key or token, from the
+environment or the local stack's settings file, and the contents of their `*_FILE` files) with `<redacted>`, in the message, its arguments and the
+formatted exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from typing import Iterable, List, Optional
+
+from pythonjsonlogger.json import JsonFormatter
+
+SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|HMAC_KEY|ACCESS_KEY|SECRET_KEY|CLIENT_SECRET)", re.I)
+MIN_SECRET_LEN = 6  # shorter values would redact ordinary words
+
+
+def secret_values(environ=None) -> List[str]:
+    """Values of the secrets this process can see: the environment and the local stack's settings file."""
+    if environ is None:
+        from io_connectors.settings import _file_env
+
+        environ = {**_file_env(), **os.environ}
+    out = []
+    for name, value in environ.items():
+        if not SECRET_NAME.search(name):
+            continue
+        if name.endswith("_FILE"):
+            try:
+                with open(value, encoding="utf-8") as f:
+                    value = f.read().strip()
+            except OSError:
+                continue
+        if value and len(value) >= MIN_SECRET_LEN:
+            out.append(value)
+    return sorted(set(out), key=len, reverse=True)
+
+
+class RedactSecrets(logging.Filter):
+    def __init__(self, secrets: Optional[Iterable[str]] = None):
+        super().__init__()
+        values = list(secrets) if secrets is not None else secret_values()
+        self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
+
+    def _clean(self, text: str) -> str:
+        return self._pattern.sub("<redacted>", text) if self._pattern else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._pattern is None:
+            return True
+        text = record.getMessage()
+        if record.exc_info:  # the traceback becomes part of the (cleaned) message
+            text = f"{text}\n{logging.Formatter().formatException(record.exc_info)}"
+            record.exc_info = record.exc_text = None
+        record.msg, record.args = self._clean(text), None
+        return True
+
+
+def configure(component: str, level: int = logging.INFO, stream=None) -> logging.Handler:
+    """JSON lines on stderr for the whole process: {"time", "level", "component", "step", "message", ...}."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                       rename_fields={"asctime": "time", "levelname": "level", "name": "step"},
+                                       static_fields={"component": component}))
+    handler.addFilter(RedactSecrets())
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
