@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import phonenumbers
 from faker import Faker
@@ -351,7 +351,8 @@ def _business_tokens(f: Faker, rng: random.Random) -> List[Tuple[str, str]]:
         ("version ", f"{n(0, 12)}.{n(0, 99)}.{n(0, 20)}"), ("", f"v{n(0, 12)}.{n(0, 99)}.{n(0, 20)}"),
         ("build ", f"{n(1, 12)}.{n(0, 9)}.{n(10000, 22999)}.{n(1, 9999)}"),
         ("EAN ", f.ean13()), ("", f.ean13()), ("EAN-8 ", f.ean8()), ("ISBN ", f.isbn13()), ("", f.isbn10()),
-        ("UPC ", f.ean(length=13)[1:]), ("SKU ", f"SKU-{n(100000, 999999)}"), ("art. ", f"{n(100, 999)}-{n(1000, 9999)}"),
+        ("UPC ", f.ean(length=13)[1:]), ("SKU ", f"SKU-{n(100000, 999999)}"),
+        ("art. ", f"{n(100, 999)}-{n(1000, 9999)}"),
         ("", str(f.uuid4())), ("sha ", f.sha1()[:12]), ("", f"{f.latitude()}, {f.longitude()}"),
         ("", f"{n(1, 99)}.{n(0, 9)}%"), ("", f"{n(1, 500)} seats"), ("", f"{n(1, 9)},{n(100, 999)} km"),
         ("tracking ", "1Z" + "".join(rng.choice("0123456789ABCDEFGHJKLMNPRSTUVWXYZ") for _ in range(16))),
