@@ -78,6 +78,7 @@ _EMAIL_KEY = re.compile(r"(?i)^(?:.*[&?;])?(?:e-?mail|mail|to|from|cc|bcc|user(?
 # Maestro 12-19 digits (50, 56-69, 0604), Visa 13, Diners 14, UATP (1), JCB (1800, 2131) and Amex 15, and 16-19 digits
 # for issuers 2-6, UnionPay/RuPay 81-82, UzCard 8600, GPN 1946, Troy 9792 and Humo 9860.
 _CARD_RE = re.compile(r"(?<![\d\-+])\d(?:[ \-]?\d){11,18}(?!\d)")
+_AFTER_COUNTRY_CODE = re.compile(r"\+\d{1,3}[ \-]?\Z")
 _CARD_EXCLUDE = re.compile(r"(?i)\b(?:ean|ean-?13|upc|gtin|isbn|barcode|sku|article|art|item|tracking|order|invoice|"
                            r"ref|reference|serial|part|imei|ticket)\b\s*(?:no\.?|number|#|code)?\s*[:#]?\s*\Z")
 # Not after a country code: "+591 800 17 1234" is a phone.
@@ -199,7 +200,10 @@ def _redact_cards(text: str, counts: Counts) -> str:
         m = _CARD_RE.search(text, pos)
         if m is None:
             break
-        found = None if m.start() and text[m.start() - 1] == "+" else _card_in(m.group())  # "+43 6483 ...": a phone
+        if _AFTER_COUNTRY_CODE.search(text, max(0, m.start() - 6), m.start()):
+            pos = m.end()  # "+43 6483 79611 144": an international phone number, no group of it a card
+            continue
+        found = _card_in(m.group())
         if found is None:  # resume at the run's next group: the card may start there and run past m.end()
             nxt = _SEP.search(text, m.start(), m.end())
             pos = nxt.end() if nxt else m.end()
