@@ -6,7 +6,7 @@ setup(
     name="iheardai-pipelines",
     version="0.1.0",
     description="Apache Beam streaming pipelines (Kafka -> Postgres, Redis, Parquet on Spaces) on Apache Flink",
-    packages=find_packages(include=["beam_pipelines*", "transforms*", "io_connectors*", "events*", "workloads*"]),
+    packages=find_packages(include=["beam_pipelines*", "transforms*", "io_connectors*", "events*", "workloads*", "observability*"]),
     package_data={"": ["*.json", "*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
@@ -19,6 +19,7 @@ setup(
         "pydantic>=2.5",
         "requests>=2.31",
         "phonenumbers>=8.13",
+        "schwifty>=2024.1",
         "user-agents>=2.2",
         "ua-parser>=1.0",
     ],

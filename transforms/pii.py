@@ -1,10 +1,14 @@
 """PII redaction: pure detectors and replacers, a per-field policy from config, and the `RedactPii` composite.
 
 Detected in free text (agent responses, user messages, element text, URLs with their query strings,
-referrers, nested JSON): email addresses, phone numbers in national and international formats (Google's
-libphonenumber port, `phonenumbers`, over the policy's regions), IPv4 and IPv6 addresses (validated by
-`ipaddress`), credit card numbers (Luhn-checked, issuer prefix 2-6), US SSNs (valid area/group/serial ranges;
-undelimited only next to an SSN keyword) and IBANs (country length and mod-97 checksum). Person names are
+referrers, nested JSON): email addresses (RFC 5322 local parts, quoted or not, internationalized and punycode
+domains), phone numbers as people write them (international, national and short local formats, extensions;
+libphonenumber's POSSIBLE check, `phonenumbers`, over the policy's regions, plus shape and context rules),
+IPv4 and IPv6 addresses (validated by `ipaddress`, IPv4-mapped and -embedded forms whole), payment card
+numbers (Luhn-checked, 12-19 digits with the ISO/IEC 7812 issuer ranges in use), US SSNs (valid
+area/group/serial ranges; undelimited only next to an SSN keyword) and IBANs (every country of the IBAN
+registry as `schwifty` ships it, length and mod-97 checksum; an IBAN-shaped run whose check digits fail is
+left whole, never cut into cards or phones). Person names are
 replaced where a field is known to hold one. Each finding becomes a token such as `<EMAIL>`; identifier fields
 that must stay joinable get a keyed pseudonym (HMAC-SHA256; key from `PII_HMAC_KEY` or the file named by
 `PII_HMAC_KEY_FILE`, never logged or pickled into the pipeline graph).
@@ -15,7 +19,8 @@ and checked when the pipeline is built. It fails closed: every topic a pipeline 
 `transformation_metadata()["pii"]` records the kinds and counts redacted and which fields were
 pseudonymized, never the values.
 
-Quality on the labelled set: `python benchmarks/pii_quality.py`.
+Quality, on the project's labelled set and on the public set built from Faker, libphonenumber, schwifty and
+python-email-validator (recall and over-redaction per kind and source): `python benchmarks/pii_quality.py`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 import apache_beam as beam
 import phonenumbers
+from schwifty import registry as iban_registry
+from schwifty.exceptions import InvalidCountryCode
 from apache_beam.metrics import Metrics
 from pydantic import BaseModel
 
@@ -53,38 +60,56 @@ Counts = Dict[str, int]
 
 _TRIGGER = re.compile(r"[\d@:]")  # every detector needs a digit, an '@' or a ':' (IPv6 such as fe80::a)
 _DIGIT = re.compile(r"\d")
-# Cards, SSNs and phones all need 7+ digits within a short run; texts without one skip those detectors.
-_DIGIT_RUN = re.compile(r"\d[\d\-. ()/+]{5,}\d")
-_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-']+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
-_CARD_RE = re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?!\d)")
-_SSN_RE = re.compile(r"(?<![\d\-.])(\d{3})([\- .])(\d{2})\2(\d{4})(?![\d\-]|\.\d)")
+# Cards, SSNs and phones all need 6+ digits within a short run; texts without one skip those detectors.
+_DIGIT_RUN = re.compile(r"\d[\d\-. ()/+]{4,}\d")
+
+# Emails: RFC 5322 atext (and quoted local parts), Unicode letters (SMTPUTF8, IDN), punycode TLDs. `_M` adds
+# the combining marks of Indic and Thai scripts, which `\w` leaves out.
+_M = "\u0300-\u036f\u0900-\u0e7f"
+_ATEXT = rf"[\w{_M}!#$%&'*+\-/=?^`{{|}}~\uff01-\uff5e]"  # and the full-width forms CJK keyboards type
+_EMAIL_RE = re.compile(
+    rf"(?:\"(?:[^\"\\\n]|\\.){{1,64}}\"|{_ATEXT}(?:(?:{_ATEXT}|\.(?!\.)){{0,126}}{_ATEXT})?)"
+    rf"@(?:[^\W_](?:[\w{_M}\-]{{0,61}}[\w{_M}])?\.)+(?:[^\W\d_][\w{_M}]{{1,62}}|xn--[A-Za-z0-9\-]{{1,59}})"
+    rf"(?![\w{_M}\-]|\.[^\W_])")
+# A key or a path glued before a local part ("email=jane@...", "/u/jane@..."): not part of the address.
+_EMAIL_KEY = re.compile(r"(?i)^(?:.*[&?;])?(?:e-?mail|mail|to|from|cc|bcc|user(?:name)?|login|address|recipient|"
+                        r"sender|reply-to|contact|account|id|q|query)=")
+
+# Cards: Luhn-checked, with the lengths and first digits (ISO/IEC 7812 issuer ranges) that cards use:
+# Maestro 12-19 digits (50, 56-69, 0604), Visa 13, Diners 14, UATP (1), JCB (1800, 2131) and Amex 15, and 16-19 digits
+# for issuers 2-6, UnionPay/RuPay 81-82, UzCard 8600, GPN 1946, Troy 9792 and Humo 9860.
+_CARD_RE = re.compile(r"(?<![\d\-+])\d(?:[ \-]?\d){11,18}(?!\d)")
+_AFTER_COUNTRY_CODE = re.compile(r"\+\d{1,3}[ \-]?\Z")
+_CARD_EXCLUDE = re.compile(r"(?i)\b(?:ean|ean-?13|upc|gtin|isbn|barcode|sku|article|art|item|tracking|order|invoice|"
+                           r"ref|reference|serial|part|imei|ticket)\b\s*(?:no\.?|number|#|code)?\s*[:#]?\s*\Z")
+# Not after a country code: "+591 800 17 1234" is a phone.
+_SSN_RE = re.compile(r"(?<![\d\-.+])(?<!\+\d )(?<!\+\d\d )(?<!\+\d\d\d )(\d{3})([\- .])(\d{2})\2(\d{4})(?![\d\-]|\.\d)")
 _SSN_BARE_RE = re.compile(r"(?<![\d\-])(\d{3})(\d{2})(\d{4})(?!\d)")
 _SSN_WORD = re.compile(r"(?i)\b(?:ssn|ss#|social\s+security|taxpayer|tin)\b")
-_SSN_CONTEXT = re.compile(r"(?i)\b(?:ssn|ss#|social\s+security|taxpayer|tin)\b[^\n]{0,30}$")
+_SSN_CONTEXT = re.compile(r"(?i)\b(?:ssn|ss#|social\s+security|taxpayer|tin)\b[^\n]{0,30}\Z")
 _IBAN_RE = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){11,34})")
 _IPV4_RE = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
                       r"(?!\.?\d|\w)")
 _IPV6_RE = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{2,39}"
                       r"(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?(?:%[\w.]+)?(?![\w.]*\w)")
-_PHONE_CANDIDATE = re.compile(r"(?:\+|\b)\d[\d\-. ()/]{5,}\d")  # linear: digits counted after
-_PHONE_EXCLUDE = re.compile(r"(?i)(?:#|\b(?:order|invoice|ticket|tracking|ref|reference|sku|po|case|id|serial|"
-                            r"isbn|version|build|account|acct|zip|postcode|confirmation|booking)"
-                            r"(?:\s*(?:number|no\.?|num|id|code|#))?)\s*[:#]?\s*$")
-_PHONE_GLUED_BEFORE = re.compile(r"(?:[\w$€£¥/\\]|[\-.,]\w?)$")
-_PHONE_GLUED_AFTER = re.compile(r"[\w%€$]|[\-.,:/]\w")
-_PHONE_CONTEXT = re.compile(r"(?i)\b(?:call|phone|tel|telephone|mobile|cell|text|sms|whatsapp|fax|contact|"
-                            r"reach|dial|ring|number|no)\b[^\n]{0,25}$")
 
-# ISO 13616 lengths per country code (SWIFT IBAN registry).
-IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "BY": 28,
-    "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
-    "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
-    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20,
-    "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15,
-    "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19,
-    "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
-}
+
+def _iban_specs() -> Dict[str, Tuple[int, "re.Pattern"]]:
+    """{country: (IBAN length, BBAN structure)} for every country in schwifty's copy of the SWIFT IBAN registry
+    (and the "aspirational" countries that publish IBANs outside it)."""
+    out = {}
+    for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+        for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+            try:
+                spec = iban_registry.get_iban_spec(a + b)
+            except InvalidCountryCode:
+                continue
+            out[a + b] = (spec.iban_length, spec.regex)
+    return out
+
+
+IBAN_SPECS = _iban_specs()
+IBAN_LENGTHS = {c: length for c, (length, _) in IBAN_SPECS.items()}
 
 
 def luhn_valid(digits: str) -> bool:
@@ -96,6 +121,11 @@ def luhn_valid(digits: str) -> bool:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
     return total % 10 == 0
+
+
+def gtin_valid(digits: str) -> bool:
+    """The GS1 check digit of EAN/UPC/GTIN codes: weights 3 and 1 alternating from the right, sum % 10 == 0."""
+    return sum((ord(c) - 48) * (3 if i % 2 else 1) for i, c in enumerate(reversed(digits))) % 10 == 0
 
 
 def iban_valid(compact: str) -> bool:
@@ -117,6 +147,21 @@ def ssn_valid(area: str, group: str, serial: str) -> bool:
             and len(set(whole)) > 1)
 
 
+def card_issuer_ok(digits: str) -> bool:
+    """Length and first digits of a payment card number (ISO/IEC 7812 issuer ranges in use)."""
+    n, two = len(digits), digits[:2]
+    maestro = two == "50" or "56" <= two <= "69" or digits[:4] == "0604"
+    if n == 12:
+        return maestro
+    if n == 13:
+        return digits[0] == "4" or maestro
+    if n == 14:
+        return digits[0] == "3" or maestro
+    if n == 15:
+        return digits[0] in "13" or digits[:4] == "2131" or maestro
+    return n <= 19 and (digits[0] in "23456" or two in ("81", "82") or digits[:4] in ("8600", "1946", "9792", "9860"))
+
+
 _SEP = re.compile(r"[ \-]")
 
 
@@ -129,19 +174,23 @@ def _card_shape_ok(span: str) -> bool:
 def _card_in(text: str) -> Optional[Tuple[int, int]]:
     """(start, end) of the first card number inside a digit run, or None. The run may hold a neighbour number
     before or after the card (a quantity, a CVV, a year): try each group start, and the common lengths
-    ending on a group boundary."""
+    ending on a group boundary. An undelimited 13-digit run that also passes the GS1 check is taken for an
+    EAN-13 barcode (Visa's 13-digit numbers are no longer issued)."""
     positions = [i for i, c in enumerate(text) if c.isdigit()]
     starts = [0] + [i + 1 for i, c in enumerate(text) if c in " -" and i + 1 < len(text) and text[i + 1].isdigit()]
     for start in starts:
         first = positions.index(start)
-        for n in (16, 15, 19, 18, 17, 14, 13):
+        whole = len(positions) - first  # the rest of the run first: a 19-digit card is not a 16 and a CVV
+        for n in ((whole,) if 12 <= whole <= 19 else ()) + (16, 15, 19, 18, 17, 14, 13, 12):
             if first + n > len(positions):
                 continue
             end = positions[first + n - 1] + 1
             if end != len(text) and text[end] not in " -":
                 continue
             digits = "".join(text[i] for i in positions[first:first + n])
-            if digits[0] in "23456" and luhn_valid(digits) and _card_shape_ok(text[start:end]):
+            if card_issuer_ok(digits) and luhn_valid(digits) and _card_shape_ok(text[start:end]):
+                if n == 13 and end - start == n and gtin_valid(digits):
+                    continue
                 return start, end
     return None
 
@@ -152,49 +201,85 @@ def _redact_cards(text: str, counts: Counts) -> str:
         m = _CARD_RE.search(text, pos)
         if m is None:
             break
+        if _AFTER_COUNTRY_CODE.search(text, max(0, m.start() - 6), m.start()):
+            pos = m.end()  # "+43 6483 79611 144": an international phone number, no group of it a card
+            continue
         found = _card_in(m.group())
         if found is None:  # resume at the run's next group: the card may start there and run past m.end()
             nxt = _SEP.search(text, m.start(), m.end())
             pos = nxt.end() if nxt else m.end()
             continue
         start, end = m.start() + found[0], m.start() + found[1]
+        if end - start < 15 and _CARD_EXCLUDE.search(text, max(0, start - 30), start):
+            pos = end  # "EAN 4006381333931", "order 5018 1234 5678": a short code after a business keyword
+            continue
         pieces += [text[last:start], TOKENS[CARD]]
         counts[CARD] = counts.get(CARD, 0) + 1
         pos = last = end
     return "".join(pieces) + text[last:] if pieces else text
 
 
-def _iban_at(text: str, m: "re.Match") -> Optional[int]:
-    """End of a valid IBAN starting at the match, or None. The greedy match may run into the next word:
-    it is cut at the country's length, then checked."""
-    length = IBAN_LENGTHS.get(text[m.start():m.start() + 2].upper())
-    if length is None:
-        return None
+def _iban_at(text: str, m: "re.Match") -> Tuple[Optional[int], bool]:
+    """(end of a valid IBAN starting at the match or None, whether the match has an IBAN's shape: a registry
+    country, its length and its BBAN structure). The greedy match may run into the next word: it is cut at
+    the country's length, then checked."""
+    spec = IBAN_SPECS.get(text[m.start():m.start() + 2].upper())
+    if spec is None:
+        return None, False
+    length, structure = spec
     alnum = [i for i in range(m.start(), m.end()) if text[i].isalnum()]
     if len(alnum) < length:
-        return None
+        return None, False
     end = alnum[length - 1] + 1
     if end < len(text) and text[end].isalnum():
-        return None  # the run goes on without a separator: longer than an IBAN of that country
-    return end if iban_valid("".join(text[i] for i in alnum[:length])) else None
+        return None, False  # the run goes on without a separator: longer than an IBAN of that country
+    compact = "".join(text[i] for i in alnum[:length])
+    if iban_valid(compact):
+        return end, True
+    return None, structure.match(compact[4:].upper()) is not None and compact[2:4].isdigit()
 
 
-def _redact_ibans(text: str, counts: Counts) -> str:
+def _redact_ibans(text: str, counts: Counts, mask: "_Mask") -> str:
     """Scan left to right, resuming right after each IBAN found (a greedy match may have swallowed the next
-    one), or one character after a candidate that fails."""
+    one), or one character after a candidate that fails. A candidate with an IBAN's shape whose check digits
+    fail is masked: no other detector may take its digits for a card or a phone."""
     pieces, pos, last = [], 0, 0
     while True:
         m = _IBAN_RE.search(text, pos)
         if m is None:
             break
-        end = _iban_at(text, m)
+        end, shaped = _iban_at(text, m)
         if end is None:
-            pos = m.start() + 1
+            if shaped and mask.ok:
+                alnum = [i for i in range(m.start(), m.end()) if text[i].isalnum()]
+                cut = alnum[IBAN_LENGTHS[text[m.start():m.start() + 2].upper()] - 1] + 1
+                pieces += [text[last:m.start()], mask.hide(text[m.start():cut])]
+                pos = last = cut
+            else:
+                pos = m.start() + 1
             continue
         pieces += [text[last:m.start()], TOKENS[IBAN]]
         counts[IBAN] = counts.get(IBAN, 0) + 1
         pos = last = end
     return "".join(pieces) + text[last:] if pieces else text
+
+
+class _Mask:
+    """Spans that later detectors must not see (an IBAN that fails its check digits), each replaced by one
+    private-use character until the end of redact_text. Off for texts that already hold such characters."""
+
+    _CHAR = re.compile("[\ue000-\uf8ff]")
+
+    def __init__(self, text: str):
+        self.ok = self._CHAR.search(text) is None
+        self.spans: list = []
+
+    def hide(self, span: str) -> str:
+        self.spans.append(span)
+        return chr(0xE000 + len(self.spans) - 1)
+
+    def restore(self, text: str) -> str:
+        return self._CHAR.sub(lambda m: self.spans[ord(m.group()) - 0xE000], text) if self.spans else text
 
 
 def _ssn_sub(m: "re.Match", counts: Counts) -> str:
@@ -223,62 +308,203 @@ def _ip_sub(m: "re.Match", counts: Counts, v6: bool) -> str:
     return TOKENS[IP]
 
 
+# --- phones -----------------------------------------------------------------------------------------------
+# A candidate is a run of digits and the separators people put in phone numbers, with an optional leading '+'
+# or '(' and an extension. It is a phone when nothing glues it to a longer token, no business keyword stands
+# before it and no unit or currency after it, its shape is not a date, an amount, a coordinate, an IP address,
+# an SSN, an ISBN or a postcode, and either its shape is strong (international prefix, area code in brackets,
+# a trunk 0, grouped digits in which libphonenumber finds a POSSIBLE number for one of the policy regions) or
+# something vouches for it: a phone word shortly before or a label right after ("Tel. ", "-Fax"), a phone just
+# before it in the same list, or, for a 9-12 digit run, a line of its own (a contact block).
+
+_PHONE_RUN = re.compile(r"(?:\(\+?|\+ ?)?\d[\d\-. /()\u00a0]*\d(?:\s?(?:x|ext\.?|extn\.?|extension|#)\s?\d{1,6}\b)?",
+                        re.I)
+_PHONE_SPLIT = re.compile(r" +/ *| {2,}| (?=\+)")  # "a / b", "a  b", "a +44 ...": two numbers in one run
+_PHONE_EXT = re.compile(r"(?i)\s?(?:x|ext\.?|extn\.?|extension|#)\s?\d{1,6}\Z")
+_PHONE_EXCLUDE = re.compile(
+    r"(?i)(?:#|\b(?:order|invoice|inv|ticket|tracking|ref|reference|sku|po|case|id|serial|sn|s/n|isbn|issn|ean|upc|"
+    r"gtin|barcode|version|build|release|account|acct|iban|bic|swift|routing|sort\s+code|zip|postcode|postal\s+code|"
+    r"plz|cep|confirmation|booking|reservation|art|article|item|part|model|lot|batch|policy|claim|contract|"
+    r"customer|member|vat|tax|ein|passport|licen[cs]e|registration|imei|pin|otp|transaction|txn|receipt|"
+    r"shipment|parcel|quote|rma|job|incident|room|flight|seat|vin|code)"
+    r"(?:\s*(?:number|no\.?|nr\.?|num|id|code|#))?)\s*[:#.]?\s*\Z")
+_PHONE_WORDS = (r"call|phone|phones|tel|tél|tel[eé]fon[oe]?|telephone|t[eé]l[eé]phone|mobile?|mob|m[oó]vil|cell|"
+                r"cellular|handy|portable|sms|whatsapp|fax|telefax|contact|reach|dial|number|"
+                r"desk|direct|office|hotline|helpline|switchboard|landline|ph|tlf|tlph|puhelin|numer|"
+                r"telefone|celular|電話|携帯|전화|휴대폰")
+# A phone word shortly before the number, with no digit and no sentence end between ("Tel. ", "reach Jane at ").
+_PHONE_CONTEXT = re.compile(rf"(?i)(?:\b(?:{_PHONE_WORDS})\b|\b(?:tel|tél|mob|ph|tlf|tlph|fax)\.)"
+                            rf"(?:(?:(?![.!?;]\s)[^\n\d]){{0,30}}|\W{{0,3}}\n\s*)\Z")
+_PHONE_LABEL_AFTER = re.compile(r"(?i)-(?:fax|tel|phone|mobile|cell|office|home|work|direct|desk|main)\b")
+_PHONE_LABEL_NEXT = re.compile(r"(?i) ?[(\-]? ?(?:fax|tel|phone|mobile|cell|office|home|work|direct|desk|main)\b")
+_PHONE_UNIT_AFTER = re.compile(r"(?i)\s?(?:€|eur\b|euros?\b|usd\b|\$|chf\b|gbp\b|£|zł|pln\b|kr\b|sek\b|nok\b|dkk\b|"
+                               r"yen\b|¥|%|km\b|kg\b|units?\b|users?\b|seats?\b|pcs\b|items?\b|copies\b|people\b|"
+                               r"dollars?\b|bytes\b|[kmgt]b\b)")
+_LINE_BEFORE = re.compile(r"(?:^|\n)[^\w\n]*(?:[^\W\d_]+\.?[^\w\n]*){0,2}\Z")  # line start, maybe a label
+_LINE_AFTER = re.compile(r"[^\w\n]*(?:\(?[^\W\d_]+\)?[^\w\n]*)?(?:\n|\Z)")
+_LIST_GAP = re.compile(r"(?i)\s*(?:[,;/|&]|or|and|oder|ou|o|y|et|und|of)?\s*\Z")
+_IPV4_SHAPE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}\Z")
+_SSN_SHAPE = re.compile(r"\d{3}([\- ])\d{2}\1\d{4}\Z")
+_POSTCODE_SHAPE = re.compile(r"(?:\d{5}-\d{3,4}|\d{4}-\d{3})\Z")  # ZIP+4, Brazil's CEP, Portugal's código postal
+_POSTCODE_TAIL = re.compile(r" (?:\d\d-\d{3}|\d{4}-\d{3}|\d{5}-\d{3,4})\Z")
+_THOUSANDS_SHAPE = re.compile(r"[1-9]\d{0,2}([ .'\u00a0])\d{3}(?:\1\d{3})*\Z")
+_DATE_SHAPE = re.compile(r"(?:(?:19|20)\d\d([\-./])\d{1,2}\1\d{1,2}|\d{1,2}([\-./])\d{1,2}\2(?:19|20)\d\d)(?!\d)|"
+                         r"(?:\d{1,2}([\-./])\d{1,2}\3\d\d|(?:19|20)\d\d[\-/](?:19|20)\d\d)\Z")  # may lead a run
+_DATE_INSIDE = re.compile(  # an ISO, European or US date, a year range or a yyyymmdd date anywhere in the run
+    r"(?<!\d)(?:(?:19|20)\d\d([\-./])(?:0?[1-9]|1[0-2])\1(?:0?[1-9]|[12]\d|3[01])|"
+    r"(?:0?[1-9]|[12]\d|3[01])([\-./])(?:0?[1-9]|1[0-2])\2(?:19|20)\d\d|"
+    r"(?:0?[1-9]|1[0-2])([\-./])(?:0?[1-9]|[12]\d|3[01])\3(?:19|20)\d\d|(?:19|20)\d\d[\-/](?:19|20)\d\d|"
+    r"(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))(?!\d)")
+_DATE_RANGE = re.compile(r"(?<!\d)\d{1,2}\.\d{1,2}\.?-\d{1,2}\.\d{1,2}(?!\d)")  # "19.10.-26.11."
+_DECIMAL_SHAPE = re.compile(r"\d+[.]\d+\Z")
+_COORDINATE_SHAPE = re.compile(r"\d{1,3}[.]\d{5,}\Z")  # "48.856613", "-106.720671"
+_GROUP = re.compile(r"\d+")
+
+
+def _phone_possible(number: str, regions: Tuple[str, ...]) -> bool:
+    """libphonenumber finds a POSSIBLE number (country code known, length possible) in the candidate, read as
+    international ('+', '00', '011') or as national in one of the regions."""
+    intl = None
+    digits = number.lstrip("(")
+    if digits.startswith("+"):
+        intl = digits
+    elif digits.startswith(("00", "011")) and not digits.startswith("000"):
+        intl = "+" + (digits[3:] if digits.startswith("011") else digits[2:]).lstrip(" -.")
+    try:
+        if intl is not None:
+            return phonenumbers.is_possible_number(phonenumbers.parse(intl, None))
+        for region in regions:
+            if phonenumbers.is_possible_number(phonenumbers.parse(number, region)):
+                return True
+    except phonenumbers.NumberParseException:
+        pass
+    return False
+
+
+def _phone_verdict(text: str, start: int, end: int, regions: Tuple[str, ...], vouched: bool) -> bool:
+    """Whether text[start:end] (a candidate without glue or business keyword) is a phone number."""
+    raw = text[start:end]
+    ext = _PHONE_EXT.search(raw)
+    base = raw[:ext.start()] if ext else raw
+    body = base.replace("(0)", "")
+    n = len(_DIGIT.findall(body))
+    if n < 6 or n > 15 or _IPV4_SHAPE.match(base) or _SSN_SHAPE.match(base) or _DATE_SHAPE.match(base) or \
+            _COORDINATE_SHAPE.match(base) or _DATE_RANGE.search(base):
+        return False
+    groups = _GROUP.findall(body)
+    intl = base[0] == "+" or base.startswith("(+")
+    bracketed = base[0] == "(" and ")" in base
+    if not (intl or vouched) and any(len(g) == 1 for g in groups[1:]):
+        return False  # "0-306-40615-2", "978-3-16-148410-0": ISBNs hold single-digit groups after the first
+    if vouched:
+        return n >= 6
+    if n < 7:
+        return False
+    if intl:
+        return True  # '+' and 7+ digits: written as a phone number even when the country code is unknown
+    if _DATE_INSIDE.search(base):
+        return False  # "2028/09/13 51", "19723 2025/2026": a date or a year range beside another number
+    if len(groups) == 1 and not bracketed and 9 <= n <= 12 and _LINE_BEFORE.search(text, 0, start) and \
+            _LINE_AFTER.match(text, end):  # alone on its line (a contact block): a trunk 0 or a NANP number
+        return base[0] == "0" or (n == 10 and base[0] in "23456789") or (n == 11 and base[0] == "1")
+    if len(groups) > 1 and (max(len(g) for g in groups) > 10 or _POSTCODE_TAIL.search(base)):
+        return False  # "7126900197770 23", "159 08-489": a long code, or a street number beside a postcode
+    if _DECIMAL_SHAPE.match(base) or ("." in base and (" " in base or "-" in base)):
+        return False  # "2753.7621", "2023-09-22 754.40": a decimal number, or a date beside an amount
+    if len(groups) == 1 and not bracketed:
+        return False  # an undelimited digit run is a phone only with a keyword
+    if _THOUSANDS_SHAPE.match(base) or _POSTCODE_SHAPE.match(base):
+        return False  # "4 512 300", "1.234.567", "94105-1234": amounts and postcodes unless a keyword says so
+    if re.match(r"(?:19|20)\d\d[\-/]", base) and len(groups) == 2:
+        return False  # "2024-001234": a year and a serial
+    return bracketed or base.startswith("0") or _phone_possible(base, regions)
+
+
 def _redact_phones(text: str, regions: Tuple[str, ...], counts: Counts) -> str:
-    if not any(len(_DIGIT.findall(c.group())) >= 7 for c in _PHONE_CANDIDATE.finditer(text)):
-        return text
-    for i, region in enumerate(regions):
-        if i and len(_DIGIT.findall(text)) < 7:
-            break  # a match needs 7+ digits in its raw string: none left after earlier regions' tokens
-        pieces, last = [], 0
-        for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-            raw, start = match.raw_string, match.start
+    pieces, last, prev_end = [], 0, -1
+    for m in _PHONE_RUN.finditer(text):
+        run_start = m.start()
+        for part in _PHONE_SPLIT.split(m.group()):
+            start = text.index(part, run_start)
+            run_start = start + len(part)
+            end = start + len(part)
+            if part.startswith("(") and ")" not in part:
+                start += 1  # "(4155550132": the bracket is the sentence's
+            if part.startswith("(") and ")" not in part[1:]:
+                part = part[1:]
+            if not part or not part[-1].isdigit() and not _PHONE_EXT.search(part):
+                continue
             before = text[max(0, start - 40):start]
-            if _PHONE_EXCLUDE.search(before):
-                continue  # "order #4155552671", "invoice no. 2025550143": business identifiers
-            if len(_DIGIT.findall(raw)) < 7 or _PHONE_GLUED_BEFORE.search(text, 0, start) or \
-                    _PHONE_GLUED_AFTER.match(text, match.end):
-                continue  # short codes, "$42,164.21", part of a UUID or a longer token
-            bare = raw.isdigit()
-            if bare and not _PHONE_CONTEXT.search(before):
-                continue  # an undelimited digit run is a phone only next to a phone keyword
-            pieces.append(text[last:start])
-            pieces.append(TOKENS[PHONE])
-            last = match.end
+            prev = text[start - 1] if start else ""
+            prev2 = text[start - 2] if start > 1 else ""
+            if prev and (prev.isalnum() or prev in "_$€£¥#/\\@" or (prev in "-.," and prev2.isalnum()) or
+                         (prev == ":" and prev2.isdigit())):
+                continue  # glued to a word, an amount, a time or a path: "SKU-4155550132", "$42,164.21", "16:50"
+            nxt = text[end:end + 2]
+            if nxt and (nxt[0].isalnum() or nxt[0] in "_%€$£" or (nxt[0] in ".,:/-'\u202f" and nxt[1:2].isdigit())):
+                continue  # part of a longer token
+            if nxt[:1] == "-" and nxt[1:2].isalpha() and not _PHONE_LABEL_AFTER.match(text, end):
+                continue  # "...-AB": a code; "...-Fax" is a label
+            if _PHONE_EXCLUDE.search(before) or _PHONE_UNIT_AFTER.match(text, end):
+                continue  # "order #4155552671", "invoice no. 2025550143", "4 512 300 EUR"
+            gap = text[prev_end:start] if prev_end >= 0 else "\n"  # "a, b", "a or b": a list after a phone
+            vouched = bool(_PHONE_CONTEXT.search(before) or _PHONE_LABEL_NEXT.match(text, end) or
+                           ("\n" not in gap and _LIST_GAP.match(gap)))
+            if not _phone_verdict(text, start, end, regions, vouched):
+                continue
+            pieces += [text[last:start], TOKENS[PHONE]]
             counts[PHONE] = counts.get(PHONE, 0) + 1
-        if pieces:
-            pieces.append(text[last:])
-            text = "".join(pieces)
-    return text
+            last = prev_end = end
+    return "".join(pieces) + text[last:] if pieces else text
+
+
+def _redact_emails(text: str, counts: Counts) -> str:
+    def sub(m: "re.Match") -> str:
+        found = m.group()
+        local = found[:found.rindex("@")]
+        keep = ""
+        key = _EMAIL_KEY.match(local)
+        if key:  # "email=jane@acme.com": the key stays
+            keep = found[:key.end()]
+        elif local.startswith("/") or "//" in local:  # "https://x.io/u/jane@acme.com": the path stays
+            keep = found[:local.rindex("/") + 1]
+        if keep and len(keep) >= len(local):
+            return found
+        counts[EMAIL] = counts.get(EMAIL, 0) + 1
+        return keep + TOKENS[EMAIL]
+    return _EMAIL_RE.sub(sub, text)
 
 
 def redact_text(text: str, regions: Tuple[str, ...] = ("US",), counts: Optional[Counts] = None
                 ) -> Tuple[str, Counts]:
     """Replace every PII finding in free text by its token; return (text, {kind: count}).
 
-    Order matters: emails first (they may hold digits), then IBANs, cards, SSNs and IPs (specific shapes with
-    checksums or ranges), phones last (the broadest matcher, run only when a 7+ digit run exists).
+    Order matters: emails first (they may hold digits), then IBANs, IPv6 (which may end in an IPv4 address),
+    IPv4, cards and SSNs (specific shapes with checksums or ranges), phones last (the broadest matcher, run
+    only when a 6+ digit run exists). An IBAN-shaped run whose check digits fail is hidden from the card and
+    phone detectors and comes out as it went in.
     """
     counts = {} if counts is None else counts
     if not text or not _TRIGGER.search(text):
         return text, counts
     if "@" in text:
-        text = _EMAIL_RE.sub(lambda m: _count(counts, EMAIL), text)
-    run = False  # a 7+ digit run: replacing findings by tokens never creates one, so it is looked for once
-    if _DIGIT.search(text):
-        text = _redact_ibans(text, counts)
-        if _DIGIT_RUN.search(text):
-            run = True
-            text = _redact_cards(text, counts)
-            text = _SSN_RE.sub(lambda m: _ssn_sub(m, counts), text)
-            if _SSN_WORD.search(text):
-                text = _redact_bare_ssns(text, counts)
-        if text.count(".") >= 3:  # an IPv4 address has three
-            text = _IPV4_RE.sub(lambda m: _ip_sub(m, counts, False), text)
+        text = _redact_emails(text, counts)
     if ":" in text:
         text = _IPV6_RE.sub(lambda m: _ip_sub(m, counts, True), text)
-    if run and _DIGIT_RUN.search(text):
-        text = _redact_phones(text, regions, counts)
-    return text, counts
+    if not _DIGIT.search(text):
+        return text, counts
+    mask = _Mask(text)
+    text = _redact_ibans(text, counts, mask)
+    if text.count(".") >= 3:  # an IPv4 address has three
+        text = _IPV4_RE.sub(lambda m: _ip_sub(m, counts, False), text)
+    if _DIGIT_RUN.search(text):  # replacing findings by tokens never creates a run: looked for once
+        text = _redact_cards(text, counts)
+        text = _SSN_RE.sub(lambda m: _ssn_sub(m, counts), text)
+        if _SSN_WORD.search(text):
+            text = _redact_bare_ssns(text, counts)
+        if _DIGIT_RUN.search(text):
+            text = _redact_phones(text, regions, counts)
+    return mask.restore(text), counts
 
 
 def _count(counts: Counts, kind: str) -> str:

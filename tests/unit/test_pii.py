@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events.contracts import AgentTurnCompleted, FrontendUserInteraction, MarketoLeadDelta
-from transforms.pii import (PiiPolicy, RedactPii, Redactor, iban_valid, load_hmac_key, luhn_valid, pseudonymize,
-                            redact_text, redact_url)
 from events.dead_letters import split_dead_letters
+from transforms.pii import (IBAN_LENGTHS, PiiPolicy, RedactPii, Redactor, iban_valid, load_hmac_key, luhn_valid,
+                            pseudonymize, redact_text, redact_url)
 
 pytestmark = pytest.mark.unit
 TS = 1_795_000_000_000
@@ -52,6 +52,10 @@ def test_detectors_find_and_replace(text, expected, counts):
     "IBAN-like GB82 WEST 1234 5698 7654 33 fails its checksum",
     "invoice no. 2025550143 and reference 4155552671",
     "MAC 00:1A:2B:3C:4D:5E, ratio 16:9, time 12:30",
+    # shapes the phone rules of issue 11 must leave (they were left before too)
+    "coordinates -79.721268, -106.720671 and 48.856613, 2.352222; 0-8491-8450-9 23726",
+    "Order 2023-09-22 754.40 TOP, 19723 2025/2026, 7126900197770 23, ulica Długa 159 08-489",
+    "note on 20270131 258451 and 14.5.-25.3. and office similar natural. 1652765332127",
 ])
 def test_hard_negatives_stay(text):
     assert red(text) == (text, {})
@@ -230,3 +234,93 @@ def test_random_business_text_is_left_alone():
                 f"{rng.randint(0, 99):02d} shipped {rng.randint(2020, 2026)}-{rng.randint(1, 12):02d}-"
                 f"{rng.randint(1, 28):02d} on v{rng.randint(0, 9)}.{rng.randint(0, 99)}.{rng.randint(0, 9)}")
         assert red(text) == (text, {})
+
+
+# --- issue 11: text this project did not write (each case was missed or mangled before) --------------------
+
+@pytest.mark.parametrize("text,expected", [
+    # the "glued before" check used `$`, which also matches before a trailing newline
+    ("Jane Doe\nAcme Corp\n+44 20 7946 0958", "Jane Doe\nAcme Corp\n<PHONE>"),
+    ("Acme Corp\n(415) 555-2671\njane at acme", "Acme Corp\n<PHONE>\njane at acme"),
+    # a label glued by a hyphen, a bare number after "Desk:"
+    ("751-954-9268-Fax", "<PHONE>-Fax"),
+    ("Desk:7519549268", "Desk:<PHONE>"),
+    ("Desk: 7519549268", "Desk: <PHONE>"),
+    # extensions on numbers libphonenumber does not take as VALID
+    ("548.993.0888x0783", "<PHONE>"),
+    ("Ewing Group\n292-596-2143x344\nthanks", "Ewing Group\n<PHONE>\nthanks"),
+    # NANP-shaped with an exchange starting 0 or 1, and the `001-` international prefix
+    ("phone 415-055-2671 or 212-155-0147", "phone <PHONE> or <PHONE>"),
+    ("001-583-765-7574", "<PHONE>"),
+    ("+1-366-569-3239x08965", "<PHONE>"),
+    # short national formats
+    ("call (99) 645-791", "call <PHONE>"),
+    ("Phone: 9472 7916", "Phone: <PHONE>"),
+    ("Tel 60-56-85-91", "Tel <PHONE>"),
+    ("Tlf. 91 41 77 76", "Tlf. <PHONE>"),
+])
+def test_phones_as_people_write_them(text, expected):
+    assert red(text)[0] == expected
+
+
+def test_twelve_digit_maestro_and_fifteen_digit_cards_starting_with_1():
+    maestro, jcb, uatp = _luhn_complete("50181234567"), _luhn_complete("18001234567890"), \
+        _luhn_complete("12345678901234")
+    assert len(maestro) == 12 and len(jcb) == len(uatp) == 15
+    for card in (maestro, jcb, uatp, f"{maestro[:4]} {maestro[4:8]} {maestro[8:]}"):
+        assert red(f"card {card} ok") == ("card <CREDIT_CARD> ok", {"credit_card": 1})
+
+
+_OLD_IBAN_COUNTRIES = set(
+    "AD AE AL AT AZ BA BE BG BH BR BY CH CR CY CZ DE DK DO EE EG ES FI FO FR GB GE GI GL GR GT HR HU IE IL IQ IS "
+    "IT JO KW KZ LB LC LI LT LU LV MC MD ME MK MR MT MU NL NO PK PL PS PT QA RO RS SA SC SE SI SK SM ST SV TL TN "
+    "TR UA VA VG XK".split())
+
+
+def test_ibans_of_every_registry_country():
+    from schwifty import IBAN
+
+    assert red("IBAN LY83002048000020100120361.") == ("IBAN <IBAN>.", {"iban": 1})  # SWIFT's example for Libya
+    rng = random.Random(11)
+    for country in sorted(set(IBAN_LENGTHS) - _OLD_IBAN_COUNTRIES):
+        iban = IBAN.random(country, random=rng, use_registry=False).compact
+        grouped = " ".join(iban[i:i + 4] for i in range(0, len(iban), 4))
+        assert red(f"pay to {iban} now")[0] == "pay to <IBAN> now", iban
+        assert red(f"pay to {grouped} now")[0] == "pay to <IBAN> now", grouped
+
+
+@pytest.mark.parametrize("ip", ["2001:db8::8a2e:192.168.0.1", "::ffff:192.0.2.128", "64:ff9b::192.0.2.33",
+                                "0:0:0:0:0:0:13.1.68.3"])
+def test_ipv6_with_an_ipv4_tail_is_one_address(ip):
+    assert red(f"from {ip} today") == ("from <IP_ADDRESS> today", {"ip_address": 1})
+
+
+@pytest.mark.parametrize("email", [
+    "a@xn--d1acufc.xn--p1ai", "test@xn--hxajbheg2az3al.xn--jxalpdlp", "jeff@臺網中心.tw", "юзер@екзампл.ком",
+    '"quoted local part"@example.org', "user+mailbox/department=shipping@example.tld",
+    "!#$%&'*+-/=?^_`.{|}~@example.tld"])
+def test_punycode_internationalized_and_rfc5322_addresses_whole(email):
+    assert red(f"mail {email} now") == ("mail <EMAIL> now", {"email": 1})
+
+
+def test_keys_and_paths_before_an_address_stay():
+    assert red("email=a@xn--d1acufc.xn--p1ai&x=1")[0] == "email=<EMAIL>&x=1"
+    assert red("see https://x.io/u/jeff@臺網中心.tw/cart")[0] == "see https://x.io/u/<EMAIL>/cart"
+
+
+@pytest.mark.parametrize("text", [
+    "IBAN IE06 IFXR 0419 1204 1495 21 fails its check digits",  # was "IE06 IFXR <PHONE>"
+    "KM14 4148 3461 0138 7796 2404 296 fails too",  # was "KM14 4148 <CREDIT_CARD> ..."
+    "invalid SSNs 099-71-0000 and 856-60-0000",  # were <PHONE>
+    "not an IP: 192.168.1.256 or 10.0.0.300",  # were <PHONE>
+    "EAN 6270219543801 and 4006381333931",  # EAN-13 barcodes that also pass the Luhn check
+    "art. 169-1745, ZIP 94105-1234, CEP 25656-215, 4 512 300 EUR, 2028/09/13 51 580 345 kr",
+])
+def test_look_alikes_stay_whole(text):
+    assert red(text) == (text, {})
+
+
+@pytest.mark.parametrize("text", ["+591 800 17 1234 is toll-free in Bolivia", "+43 6483 79611 144 is in Austria"])
+def test_international_numbers_are_phones_not_ssns_or_cards(text):
+    # "+591 <US_SSN>" before; the Austrian number guards the 12-digit Maestro rule (a group after "+43" is no card)
+    assert red(text) == ("<PHONE> is " + text.split(" is ")[1], {"phone": 1})
