@@ -3,7 +3,7 @@
 Every service is a real process started by this package and recorded in $DEVSTACK_HOME/run/<name>.pid;
 `down` stops only those. `up` is idempotent: a service already healthy is left alone. The services are
 modules under devstack/services/; this module lists them in start order and runs the commands of
-`python -m devstack up [service...] | status | down | restart-taskmanager | env | logs`.
+`python -m devstack up [service...] | status | down [service...] | restart-taskmanager | env | logs`.
 """
 
 from __future__ import annotations
@@ -84,27 +84,36 @@ def status() -> int:
     return 1 if bad else 0
 
 
-def down() -> int:
-    stops = {svc.name: svc.stop for svc in SERVICES if svc.stop is not None}
-    names = [n for svc in reversed(SERVICES) for n in (*svc.extra_pids, svc.name)]
-    for name in names:
-        if name in stops and read_pid(name) is not None:
-            stops[name]()
-        pid = read_pid(name)
-        if pid is None:
-            continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 20
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        (RUN / f"{name}.pid").unlink(missing_ok=True)
-        log(f"stopped {name}")
+def down(names: Optional[List[str]] = None) -> int:
+    """Stop what `up` started (all services, in reverse order, or only `names`)."""
+    services = [svc for svc in reversed(SERVICES) if names is None or svc.name in names]
+    unknown = sorted(set(names or ()) - {svc.name for svc in SERVICES})
+    if unknown:
+        log(f"unknown services {unknown}; known: {[svc.name for svc in SERVICES]}")
+        return 2
+    for svc in services:
+        if svc.stop is not None and read_pid(svc.name) is not None:
+            svc.stop()
+        for name in (*svc.extra_pids, svc.name):
+            _stop_pid(name)
     return 0
+
+
+def _stop_pid(name: str) -> None:
+    pid = read_pid(name)
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 20
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if pid_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    (RUN / f"{name}.pid").unlink(missing_ok=True)
+    log(f"stopped {name}")
 
 
 def main(argv: List[str]) -> int:
@@ -114,7 +123,7 @@ def main(argv: List[str]) -> int:
     if cmd == "status":
         return status()
     if cmd == "down":
-        return down()
+        return down(argv[1:] or None)
     if cmd == "env":
         # Names only: values are credentials.
         print("\n".join(f"{k}=<set>" for k in load_env_file()))
@@ -125,6 +134,6 @@ def main(argv: List[str]) -> int:
     if cmd == "logs":
         print(LOGS)
         return 0
-    print("usage: python -m devstack up [service...] | status | down | restart-taskmanager | env | logs",
+    print("usage: python -m devstack up [service...] | status | down [service...] | restart-taskmanager | env | logs",
           file=sys.stderr)
     return 2

@@ -104,8 +104,9 @@ def test_hourly_files_round_trip_with_late_data_and_dead_letters(spaces_settings
 
 def write_batch(rows, prefix, settings, schema=None, **kw):
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        (p | beam.Create([TimestampedValue(r, r.timestamp_ms / 1000) if isinstance(r, KafkaRecord) else r
-                          for r in rows])
+        # a Map returning TimestampedValue types its output as TimestampedValue: say what the element is
+        (p | beam.Create(rows)
+         | beam.Map(lambda r: TimestampedValue(r, r.timestamp_ms / 1000)).with_output_types(KafkaRecord)
          | ArchiveKafkaRecords(TOPIC, schema, prefix=prefix, num_shards=3, settings=settings, **kw))
 
 

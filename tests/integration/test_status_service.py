@@ -1,0 +1,85 @@
+"""The status service as the README starts it (`python -m observability.status`), against the real stack:
+/health names a stopped Redis and recovers when it is back; /status and /metrics answer from live data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+PORT = 8011
+
+
+def _get(path: str):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _wait(check, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, ValueError) as e:
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not after {timeout_s}s (last: {last!r})")
+
+
+@pytest.fixture
+def status_service(stack):
+    proc = subprocess.Popen([sys.executable, "-m", "observability.status", "--port", str(PORT), "--interval", "1"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: _get("/metrics")[0] == 200, 60, "status service up")
+        yield proc
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0].decode(errors="replace")
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        assert lines and all(json.loads(line)["component"] == "status" for line in lines)  # JSON logs
+
+
+def test_health_names_a_stopped_redis_and_recovers(status_service):
+    code, body = _get("/health")
+    assert code == 200, body
+    doc = json.loads(body)
+    assert set(doc["checks"]) == {"kafka", "postgres", "redis", "s3", "flink"}
+    assert all(c["ok"] and c["latency_ms"] >= 0 for c in doc["checks"].values())
+    subprocess.check_call([sys.executable, "-m", "devstack", "down", "redis"], cwd=REPO)
+    try:
+        doc = _wait(lambda: (lambda c, b: json.loads(b) if c == 503 else None)(*_get("/health")), 30,
+                    "/health unhealthy")
+        assert doc["status"] == "unhealthy" and doc["down"] == ["redis"]
+        assert doc["checks"]["redis"]["error"] and doc["checks"]["kafka"]["ok"]
+        assert b'iheardai_health_up{service="redis"} 0.0' in _get("/metrics")[1]
+    finally:
+        subprocess.check_call([sys.executable, "-m", "devstack", "up", "redis"], cwd=REPO)
+    _wait(lambda: _get("/health")[0] == 200, 30, "/health healthy again")
+
+
+def test_status_and_metrics_answer_from_the_live_stack(status_service):
+    code, body = _get("/status")
+    assert code == 200
+    doc = json.loads(body)
+    assert set(doc["pipelines"]) == {"kpi", "frontend", "billing", "archive", "leads"}
+    assert "text.agent.turn.completed.dlq" in doc["dlq_last_hour"] and doc["topic_messages"]
+    assert doc["errors"] == {}, doc["errors"]
+    page = _get("/status.html")[1].decode()
+    assert "<h2>Jobs</h2>" in page and "Consumer lag" in page
+    metrics = _get("/metrics")[1].decode()
+    assert 'iheardai_job_up{' in metrics and "iheardai_topic_messages_total{" in metrics
