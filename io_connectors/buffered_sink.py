@@ -21,6 +21,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
+from events.metrics import step_namespace
 from events.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
 
 
@@ -34,11 +35,11 @@ class BufferedSinkFn(beam.DoFn):
             raise ValueError("batch_size must be >= 1")
         self._step, self._batch_size, self._source_topic = step, batch_size, source_topic
         self._json_default = json_default
-        self._written = Metrics.counter(self.__class__, written)
-        self._retries = Metrics.counter(self.__class__, retries)
-        self._dead = Metrics.counter(self.__class__, dead_letters)
-        self._batch_ms = Metrics.distribution(self.__class__, batch_latency_ms)
-        self._batch_rows = Metrics.distribution(self.__class__, batch_rows) if batch_rows else None
+        self._written = Metrics.counter(step_namespace(step), written)
+        self._retries = Metrics.counter(step_namespace(step), retries)
+        self._dead = Metrics.counter(step_namespace(step), dead_letters)
+        self._batch_ms = Metrics.distribution(step_namespace(step), batch_latency_ms)
+        self._batch_rows = Metrics.distribution(step_namespace(step), batch_rows) if batch_rows else None
         self._writer = None
 
     def make_writer(self):

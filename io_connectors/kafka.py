@@ -21,6 +21,7 @@ from events import topics
 from events.topics import dlq_topic
 from events.dead_letters import (DEFAULT_MAX_PAYLOAD_BYTES, MAX_ENVELOPE_OVERHEAD_BYTES, MIN_MAX_PAYLOAD_BYTES,
                                      DeadLetter)
+from events.metrics import step_namespace
 from events.records import KafkaRecord
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,11 @@ class _RouteDeadLetterFn(beam.DoFn):
         self._known = frozenset(known_topics) - self._own
         self._fallback = source_topics[0]
         self._max = max_payload_bytes
-        self._count = Metrics.counter(self.__class__, "dead_letters_written")
-        self._by_reference = Metrics.counter(self.__class__, "dead_letters_payload_by_reference")
-        self._other = Metrics.counter(self.__class__, "dead_letters_of_other_topics")
-        self._unrouted = Metrics.counter(self.__class__, "dead_letters_unrouted")
+        ns = step_namespace("RouteDeadLetters")
+        self._count = Metrics.counter(ns, "dead_letters_written")
+        self._by_reference = Metrics.counter(ns, "dead_letters_payload_by_reference")
+        self._other = Metrics.counter(ns, "dead_letters_of_other_topics")
+        self._unrouted = Metrics.counter(ns, "dead_letters_unrouted")
         self._warned: set = set()
 
     def process(self, dl: DeadLetter):
@@ -157,7 +159,7 @@ class _ProduceDeadLettersFn(beam.DoFn):
     def __init__(self, librdkafka_config: Optional[Dict[str, str]] = None, flush_timeout_s: float = 120.0):
         self._config = librdkafka_config  # None: from the worker's environment (KafkaSettings)
         self._flush_timeout_s = flush_timeout_s
-        self._written = Metrics.counter(self.__class__, "dead_letters_written_to_other_dlqs")
+        self._written = Metrics.counter(step_namespace("ProduceDeadLetters"), "dead_letters_written_to_other_dlqs")
         self._producer = None
 
     def _get_producer(self):

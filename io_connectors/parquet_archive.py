@@ -52,6 +52,7 @@ from events import topics
 from io_connectors.clients import s3_client
 from io_connectors.settings import SpacesSettings
 from events.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
+from events.metrics import step_namespace
 from events.records import KafkaRecord
 
 log = logging.getLogger(__name__)
@@ -228,10 +229,11 @@ class _WriteParquetFn(beam.DoFn):
         self._topic, self._schema, self._prefix, self._file_prefix = topic, schema, prefix, file_prefix
         self._num_shards, self._sort_by, self._row_group_rows = num_shards, tuple(sort_by), row_group_rows
         self._threshold, self._settings = multipart_threshold_bytes, settings
-        self._files = Metrics.counter(self.__class__, "parquet_files_written")
-        self._rows = Metrics.counter(self.__class__, "parquet_rows_written")
-        self._dead = Metrics.counter(self.__class__, "parquet_dead_letters")
-        self._upload_ms = Metrics.distribution(self.__class__, "parquet_upload_ms")
+        ns = step_namespace(f"WriteHourlyParquet[{topic}]")
+        self._files = Metrics.counter(ns, "parquet_files_written")
+        self._rows = Metrics.counter(ns, "parquet_rows_written")
+        self._dead = Metrics.counter(ns, "parquet_dead_letters")
+        self._upload_ms = Metrics.distribution(ns, "parquet_upload_ms")
         self._client = None
 
     def setup(self):
@@ -359,8 +361,8 @@ class _SplitByTopicFn(beam.DoFn):
 
     def __init__(self, topic_names: Sequence[str]):
         self._topics = frozenset(topic_names)
-        self._records = Metrics.counter(self.__class__, "archive_records_in")
-        self._unknown = Metrics.counter(self.__class__, "archive_unknown_topic")
+        self._records = Metrics.counter(step_namespace("SplitByTopic"), "archive_records_in")
+        self._unknown = Metrics.counter(step_namespace("SplitByTopic"), "archive_unknown_topic")
 
     def process(self, record: KafkaRecord):
         self._records.inc()
@@ -379,8 +381,8 @@ class _SplitByTopicFn(beam.DoFn):
 class ArchiveTopics(beam.PTransform):
     """PCollection[KafkaRecord] of several topics -> hourly Parquet per topic.
 
-    Returns ({topic: files written}, dead letters in the global window). `archive_kwargs` go to every ArchiveKafkaRecords
-    (prefix, num_shards, allowed_lateness_s, late_firing_delay_s, ...).
+    Returns ({topic: files written}, dead letters in the global window). `archive_kwargs` go to every
+    ArchiveKafkaRecords (prefix, num_shards, allowed_lateness_s, late_firing_delay_s, ...).
     """
 
     def __init__(self, topic_names: Sequence[str], label: Optional[str] = None, **archive_kwargs):

@@ -3,9 +3,10 @@
 Every `interval_s` one `Collector` pass builds a `Snapshot`:
 
 - health: Kafka, Postgres, Redis, S3 and the Flink REST API, each answered or not, with its latency;
-- jobs: every Flink job, each with the pipeline its name names (the launcher's default `iheardai-<pipeline>`), with state, uptime,
-  restarts (Flink's `numRestarts`), the last completed checkpoint, failed checkpoints and the last exception;
-- consumer lag of every consumer group of a pipeline (`iheardai-*` or naming a pipeline) (the pipelines commit on checkpoints, so lag is visible
+- jobs: every Flink job, each with the pipeline its name names (the launcher's default
+  `iheardai-<pipeline>`), with state, uptime, restarts (Flink's `numRestarts`), the last completed
+  checkpoint, failed checkpoints and the last exception;
+- consumer lag of every consumer group (the pipelines commit on checkpoints, so lag is visible
   outside Flink), in messages and in seconds (the age of the oldest record not yet committed, read from the
   record at the committed offset);
 - topics: messages per topic (sum of end offsets) and dead letters of the last hour per `.dlq` topic
@@ -31,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 log = logging.getLogger(__name__)
 
 PIPELINES = ("kpi", "frontend", "billing", "archive", "leads")
-GROUP_PREFIX = "iheardai-"  # consumer groups of the pipelines (the default `iheardai-<pipeline>` and others)
+STATUS_GROUP = "iheardai-status-service"  # this service's own (it commits nothing)
 # sink table -> the topics whose traffic it follows (for freshness alerts and the status page)
 SINK_TABLES = {
     "agent_turns": ("text.agent.turn.completed",),
@@ -218,7 +219,7 @@ class Collector:
             from io_connectors.settings import KafkaSettings
 
             self._consumer = Consumer({**KafkaSettings.from_env().librdkafka_config(),
-                                       "group.id": "iheardai-status-service", "enable.auto.commit": False,
+                                       "group.id": STATUS_GROUP, "enable.auto.commit": False,
                                        "enable.partition.eof": False})
         return self._consumer
 
@@ -273,15 +274,18 @@ class Collector:
             if topic.endswith(".dlq"):
                 snap.dlq_last_hour[topic] = self._since(consumer, topic, t.partitions, ends)
         groups = admin.list_consumer_groups(request_timeout=self.timeout_s).result(timeout=self.timeout_s)
-        names = sorted(g.group_id for g in groups.valid if g.group_id.startswith(GROUP_PREFIX) or pipeline_of(g.group_id))
-        for name in names:
-            fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(name)])[name]
+        names = sorted(g.group_id for g in groups.valid if g.group_id != STATUS_GROUP)
+        committed: List[Tuple[str, str, int, int, int]] = []  # group, topic, partition, offset, behind
+        # one request per group (the API takes one at a time), all in flight together
+        futures = {n: admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(n)])[n] for n in names}
+        for name, fut in futures.items():
             for tp in fut.result(timeout=self.timeout_s).topic_partitions:
-                if tp.offset < 0 or (tp.topic, tp.partition) not in ends:
-                    continue
-                behind = max(0, ends[(tp.topic, tp.partition)] - tp.offset)
-                seconds = self._record_age(consumer, tp.topic, tp.partition, tp.offset) if behind else 0.0
-                snap.lag.append(Lag(name, tp.topic, tp.partition, behind, seconds))
+                if tp.offset >= 0 and (tp.topic, tp.partition) in ends:
+                    committed.append((name, tp.topic, tp.partition, tp.offset,
+                                      max(0, ends[(tp.topic, tp.partition)] - tp.offset)))
+        ages = self._record_ages(consumer, {(t, p, off) for _, t, p, off, behind in committed if behind})
+        snap.lag = [Lag(g, t, p, behind, ages.get((t, p, off), 0.0) if behind else 0.0)
+                    for g, t, p, off, behind in committed]
 
     def _since(self, consumer, topic: str, partitions, ends) -> int:
         from confluent_kafka import TopicPartition
@@ -292,19 +296,33 @@ class Collector:
         return sum(ends[(topic, tp.partition)] - (tp.offset if tp.offset >= 0 else ends[(topic, tp.partition)])
                    for tp in found)
 
-    def _record_age(self, consumer, topic: str, partition: int, offset: int) -> float:
-        """Seconds since the (create-time) timestamp of the record at `offset`: how old the lag is."""
+    def _record_ages(self, consumer, positions) -> Dict[Tuple[str, int, int], float]:
+        """Seconds since the (create-time) timestamp of the record at each (topic, partition, offset): how old
+        each group's lag is. One fetch round for all of them (a partition read by several groups at different
+        offsets is read at the oldest)."""
         from confluent_kafka import TopicPartition
 
-        consumer.assign([TopicPartition(topic, partition, offset)])
+        oldest: Dict[Tuple[str, int], int] = {}
+        for topic, partition, offset in positions:
+            key = (topic, partition)
+            oldest[key] = min(offset, oldest.get(key, offset))
+        if not oldest:
+            return {}
+        stamps: Dict[Tuple[str, int], int] = {}
+        consumer.assign([TopicPartition(t, p, off) for (t, p), off in oldest.items()])
         try:
-            msg = consumer.poll(self.timeout_s)
-            if msg is None or msg.error():
-                return 0.0
-            _, ts = msg.timestamp()
-            return max(0.0, time.time() - ts / 1000) if ts and ts > 0 else 0.0
+            deadline = time.monotonic() + self.timeout_s
+            while len(stamps) < len(oldest) and time.monotonic() < deadline:
+                for msg in consumer.consume(num_messages=500, timeout=0.2):
+                    key = (msg.topic(), msg.partition())
+                    if msg.error() is None and key not in stamps:
+                        stamps[key] = msg.timestamp()[1]
         finally:
             consumer.unassign()
+        now = time.time()
+        # the oldest unconsumed record of a partition is at least as old for every group further behind
+        return {(t, p, off): max(0.0, now - stamps[(t, p)] / 1000) for t, p, off in positions
+                if stamps.get((t, p), 0) > 0}
 
     # --- sinks -------------------------------------------------------------------------------------------
     def _sinks(self, snap: Snapshot) -> None:

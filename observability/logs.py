@@ -1,10 +1,10 @@
-"""Structured logs: one JSON object a line (python-json-logger), with the component (pipeline or service),
-the logger (step), the level and the message, and never a secret.
+"""Structured logs: one JSON object a line (python-json-logger), with the component (pipeline or service), the logger
+(step), the level and the message, and never a secret.
 
-`configure("kpi")` sets up the root logger of a process. Every record passes `RedactSecrets`, which replaces
-the value of every secret the process knows (settings named like a password, secret, key or token, from the
-environment or the local stack's settings file, and the contents of their `*_FILE` files) with `<redacted>`, in the message, its arguments and the
-formatted exception.
+`configure("kpi")` sets up the root logger of a process. Every record passes `RedactSecrets`, which replaces the
+value of every secret the process knows (settings named like a password, secret, key or token, from the
+environment or the local stack's settings file, and the contents of their `*_FILE` files) with `<redacted>`, in
+the message, its arguments and the formatted exception.
 """
 
 from __future__ import annotations

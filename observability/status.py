@@ -58,27 +58,29 @@ class _SnapshotMetrics:
         yield up
         yield latency
 
-        job_up = gauge("job_up", "1 when a job of the pipeline is RUNNING and not restarting", ["pipeline", "job_name"])
+        job_up = gauge("job_up", "1 when the pipeline's current job is RUNNING", ["pipeline", "job_name"])
+        job_restarting = gauge("job_restarting", "1 when the current job restarted in the last 10 min or is "
+                               "restarting", ["pipeline", "job_name"])
         restarts = gauge("job_restarts", "Flink numRestarts of the pipeline's current job", ["pipeline"])
         uptime = gauge("job_uptime_seconds", "uptime of the pipeline's current job", ["pipeline"])
         cp_age = gauge("job_last_checkpoint_age_seconds", "age of the last completed checkpoint", ["pipeline"])
         cp_failed = gauge("job_failed_checkpoints", "failed checkpoints of the current job", ["pipeline"])
         for p in PIPELINES:
             job = current_job(snap, p)
-            running = job is not None and job.state == "RUNNING" and not job.restarting
-            job_up.add_metric([p, job.name if job else ""], 1 if running else 0)
+            job_up.add_metric([p, job.name if job else ""], 1 if job is not None and job.state == "RUNNING" else 0)
             if job is None:
                 continue
+            job_restarting.add_metric([p, job.name], 1 if job.restarting else 0)
             restarts.add_metric([p], job.restarts)
             uptime.add_metric([p], job.uptime_s)
             cp_failed.add_metric([p], job.failed_checkpoints)
             if job.last_checkpoint_ms:
                 cp_age.add_metric([p], max(0.0, snap.taken_at - job.last_checkpoint_ms / 1000))
-        yield from (job_up, restarts, uptime, cp_age, cp_failed)
+        yield from (job_up, job_restarting, restarts, uptime, cp_age, cp_failed)
 
-        lag_m = gauge("consumer_lag_messages", "records not yet committed by the group", ["group", "topic", "partition"])
-        lag_s = gauge("consumer_lag_seconds", "age of the oldest record not yet committed", ["group", "topic",
-                                                                                            "partition"])
+        lag_labels = ["group", "topic", "partition"]
+        lag_m = gauge("consumer_lag_messages", "records not yet committed by the group", lag_labels)
+        lag_s = gauge("consumer_lag_seconds", "age of the oldest record not yet committed", lag_labels)
         for lag in snap.lag:
             labels = [lag.group, lag.topic, str(lag.partition)]
             lag_m.add_metric(labels, lag.messages)

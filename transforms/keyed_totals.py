@@ -38,6 +38,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
+from events.metrics import step_namespace
 from events.dead_letters import DeadLetter, Tags
 
 LATE_DATA = "late_data"
@@ -141,12 +142,12 @@ class _KeyedTotalsFn(beam.DoFn):
         self._step = step
         self._topic = source_topic
         self._wm_ms = _MIN_MS
-        self._rows = Metrics.counter(self.__class__, f"{step}_rows")
-        self._final = Metrics.counter(self.__class__, f"{step}_final_rows")
-        self._dups = Metrics.counter(self.__class__, f"{step}_duplicates")
-        self._late = Metrics.counter(self.__class__, f"{step}_late_dead_letters")
-        self._released = Metrics.counter(self.__class__, f"{step}_keys_released")
-        self._seen_size = Metrics.distribution(self.__class__, f"{step}_dedupe_ids_per_key")
+        self._rows = Metrics.counter(step_namespace(step), f"{step}_rows")
+        self._final = Metrics.counter(step_namespace(step), f"{step}_final_rows")
+        self._dups = Metrics.counter(step_namespace(step), f"{step}_duplicates")
+        self._late = Metrics.counter(step_namespace(step), f"{step}_late_dead_letters")
+        self._released = Metrics.counter(step_namespace(step), f"{step}_keys_released")
+        self._seen_size = Metrics.distribution(step_namespace(step), f"{step}_dedupe_ids_per_key")
 
     def setup(self):
         self._wm_ms = _MIN_MS  # a lower bound of the watermark, from the timers this instance has seen fire

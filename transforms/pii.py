@@ -44,6 +44,7 @@ from pydantic import BaseModel
 
 from events.contracts import EventModel
 from events.topics import CONTRACTS
+from events.metrics import step_namespace
 from events.dead_letters import DeadLetter, ErrorKind, Tags
 
 EMAIL, PHONE, IP, CARD, SSN, IBAN, PERSON = "email", "phone", "ip_address", "credit_card", "us_ssn", "iban", "person"
@@ -814,11 +815,11 @@ class _RedactPiiFn(beam.DoFn):
         self._policy = policy
         self._step = step
         self._redactor: Optional[Redactor] = None
-        self._found = {k: Metrics.counter(self.__class__, f"pii_{k}") for k in KINDS}
-        self._events = Metrics.counter(self.__class__, "events_redacted")
-        self._clean = Metrics.counter(self.__class__, "events_without_pii")
-        self._failed = Metrics.counter(self.__class__, f"dead_letters_{ErrorKind.TRANSFORM.value}")
-        self._unpoliced = Metrics.counter(self.__class__, f"dead_letters_{ErrorKind.NO_PII_POLICY.value}")
+        self._found = {k: Metrics.counter(step_namespace(step), f"pii_{k}") for k in KINDS}
+        self._events = Metrics.counter(step_namespace(step), "events_redacted")
+        self._clean = Metrics.counter(step_namespace(step), "events_without_pii")
+        self._failed = Metrics.counter(step_namespace(step), f"dead_letters_{ErrorKind.TRANSFORM.value}")
+        self._unpoliced = Metrics.counter(step_namespace(step), f"dead_letters_{ErrorKind.NO_PII_POLICY.value}")
 
     def setup(self):
         # The key is read on the worker, so it never travels inside the pickled pipeline graph.

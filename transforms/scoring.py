@@ -27,6 +27,7 @@ from apache_beam.metrics import Metrics
 from transforms import text_signals
 from events.contracts import (AgentTurnCompleted, EventModel, FrontendSessionAnalytics,
                                   FrontendUserInteraction, FrontendWidgetPerformance, MarketoLeadDelta)
+from events.metrics import step_namespace
 from events.dead_letters import DeadLetter, ErrorKind, Tags
 
 SCORER_VERSION = "1.0.0"
@@ -371,9 +372,9 @@ class _ScoreFn(beam.DoFn):
     def __init__(self, scorer: Callable[[Any], Dict[str, Any]], step: str, distributions: Tuple[str, ...]):
         self._scorer = scorer
         self._step = step
-        self._scored = Metrics.counter(self.__class__, "events_scored")
-        self._failed = Metrics.counter(self.__class__, f"dead_letters_{ErrorKind.TRANSFORM.value}")
-        self._dists = {n: Metrics.distribution(self.__class__, n) for n in distributions}
+        self._scored = Metrics.counter(step_namespace(step), "events_scored")
+        self._failed = Metrics.counter(step_namespace(step), f"dead_letters_{ErrorKind.TRANSFORM.value}")
+        self._dists = {n: Metrics.distribution(step_namespace(step), n) for n in distributions}
 
     def process(self, event: EventModel):
         try:

@@ -40,8 +40,8 @@ class SessionAggregate(Aggregate):
 class SessionTotals(beam.PTransform):
     """PCollection[item] -> {"rows": one row per session_id (the aggregate's), dead_letter: too-late items}.
 
-    Subclasses set ITEM (the input's type), AGGREGATE (a SessionAggregate), TOTALS_LABEL (the stateful step's label: it names the
-    Flink state, so it never changes) and STEP (the name dead letters and metrics carry)."""
+    Subclasses set ITEM (the input's type), AGGREGATE (a SessionAggregate), TOTALS_LABEL (the stateful step's
+    label: it names the Flink state, so it never changes) and STEP (the name dead letters and metrics carry)."""
 
     AGGREGATE: Type[SessionAggregate]
     ITEM: type  # the input's element type, checked when the graph is built

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from events.contracts import EventModel, Source, set_private_state
 from events.topics import CONTRACTS
+from events.metrics import step_namespace
 from events.dead_letters import DeadLetter, ErrorKind, Tags
 from events.records import KafkaRecord
 
@@ -103,9 +104,9 @@ class _ParseEventFn(beam.DoFn):
         self._step = step
         self._limits = dict(max_payload_bytes=max_payload_bytes, max_future_ms=max_future_ms,
                             max_past_ms=max_past_ms)
-        self._valid = Metrics.counter(self.__class__, "events_valid")
-        self._with_extra = Metrics.counter(self.__class__, "events_with_extra_fields")
-        self._errors = {k: Metrics.counter(self.__class__, f"dead_letters_{k.value}") for k in ErrorKind}
+        self._valid = Metrics.counter(step_namespace(step), "events_valid")
+        self._with_extra = Metrics.counter(step_namespace(step), "events_with_extra_fields")
+        self._errors = {k: Metrics.counter(step_namespace(step), f"dead_letters_{k.value}") for k in ErrorKind}
 
     def process(self, record: KafkaRecord) -> Iterable[Union[TimestampedValue, beam.pvalue.TaggedOutput]]:
         try:

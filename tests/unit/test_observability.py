@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
-
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
@@ -47,7 +45,8 @@ def test_metrics_of_a_snapshot():
     reg.register(_SnapshotMetrics(type("C", (), {"snapshot": _snapshot()})()))
     text = generate_latest(reg).decode()
     assert 'iheardai_job_up{job_name="iheardai-kpi",pipeline="kpi"} 1.0' in text
-    assert 'iheardai_job_up{job_name="iheardai-leads",pipeline="leads"} 0.0' in text  # restarting is not up
+    assert 'iheardai_job_up{job_name="iheardai-leads",pipeline="leads"} 1.0' in text  # RUNNING, but:
+    assert 'iheardai_job_restarting{job_name="iheardai-leads",pipeline="leads"} 1.0' in text
     assert 'iheardai_job_up{job_name="",pipeline="billing"} 0.0' in text  # no job at all
     assert 'iheardai_job_restarts{pipeline="leads"} 3.0' in text
     assert 'iheardai_job_last_checkpoint_age_seconds{pipeline="kpi"} 4.0' in text
@@ -112,4 +111,13 @@ def test_prometheus_config_scrapes_every_target_and_loads_the_repo_rules():
     for job in ("flink", "postgres", "redis", "status", "alertmanager", "prometheus"):
         assert f"job_name: {job}\n" in conf
     assert "localhost:9249, localhost:9250" in conf and f"{RULES}/*.yml" in conf
-    assert time.time() > 0
+    import re
+
+    from events.metrics import step_namespace
+    from devstack.services.monitoring import STEP_METRIC
+
+    # what Flink's reporter makes of a step's counter (`<namespace>.<name>`, invalid characters as '_')
+    flink_name = "flink_taskmanager_job_task_operator_" + re.sub(
+        r"[^a-zA-Z0-9:_]", "_", f"{step_namespace('Validate[text.agent.turn.completed]')}.dead_letters_invalid_json")
+    m = re.fullmatch(STEP_METRIC, flink_name)
+    assert m and m.groups() == ("Validate_text_agent_turn_completed_", "dead_letters_invalid_json")
