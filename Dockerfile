@@ -29,6 +29,7 @@ COPY beam_pipelines ./beam_pipelines
 COPY events ./events
 COPY transforms ./transforms
 COPY io_connectors ./io_connectors
+COPY observability ./observability
 COPY sql ./sql
 COPY flink-deploy/flinkctl.py flink-deploy/gen_topics.py ./flink-deploy/
 RUN pip install --no-deps . \

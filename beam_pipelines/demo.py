@@ -180,6 +180,9 @@ def main(argv=None) -> int:
     print("  Dead letters (with reasons):  " + (", ".join(f"{t} +{n}" for t, n in sorted(dead.items())) or "none"))
     dashboard = get("FLINK_REST_URL", "http://localhost:8081")
     print(f"Flink dashboard: {dashboard}/#/job/running  ({len(_demo_jobs())} demo jobs running)")
+    print("Status page:     http://localhost:8000/status.html  (jobs, lag, dead letters, sink freshness, alerts)")
+    print("Prometheus:      http://localhost:9090/alerts  (rules in observability/rules/); "
+          "Alertmanager: http://localhost:9094")
     print("The jobs keep running; stop them with: .venv/bin/python -m beam_pipelines.demo --stop")
     got = _query("SELECT count(*) FROM agent_turns WHERE session_id LIKE %s", (like,))
     return 0 if got and got[0][0] >= len(turns.expected) else 1

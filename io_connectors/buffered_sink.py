@@ -25,12 +25,15 @@ from events.metrics import step_namespace
 from events.dead_letters import DeadLetter, ErrorKind, Tags, source_of, without_source
 
 
+MAX_WINDOW_S = 30.0  # the batch-time gauge holds the slowest batch of this long
+
+
 class BufferedSinkFn(beam.DoFn):
     """Subclasses give `make_writer()`; the metric names are the sink's own (`metric_names`)."""
 
     def __init__(self, *, step: str, batch_size: int, source_topic: Optional[str], written: str,
                  retries: str, dead_letters: str, batch_latency_ms: str, batch_rows: Optional[str] = None,
-                 json_default: Callable[[Any], Any] = str):
+                 json_default: Callable[[Any], Any] = str, batch_max_ms: Optional[str] = None):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self._step, self._batch_size, self._source_topic = step, batch_size, source_topic
@@ -40,6 +43,10 @@ class BufferedSinkFn(beam.DoFn):
         self._dead = Metrics.counter(step_namespace(step), dead_letters)
         self._batch_ms = Metrics.distribution(step_namespace(step), batch_latency_ms)
         self._batch_rows = Metrics.distribution(step_namespace(step), batch_rows) if batch_rows else None
+        # The slowest batch of the last MAX_WINDOW_S as a gauge: Flink's reporter exports Beam gauges as
+        # numbers, its distributions not at all (Prometheus: iheardai_db_operation_seconds_max).
+        self._batch_max = Metrics.gauge(step_namespace(step), batch_max_ms or f"{written}_batch_max_ms")
+        self._window_start, self._window_max_ms = 0.0, 0
         self._writer = None
 
     def make_writer(self):
@@ -73,7 +80,13 @@ class BufferedSinkFn(beam.DoFn):
         retries_before = self._writer.retries
         refused = self._writer.write([r for r, _, _ in buf])
         self._retries.inc(self._writer.retries - retries_before)
-        self._batch_ms.update(int((time.monotonic() - t0) * 1000))
+        now = time.monotonic()
+        took_ms = int((now - t0) * 1000)
+        self._batch_ms.update(took_ms)
+        if now - self._window_start > MAX_WINDOW_S:
+            self._window_start, self._window_max_ms = now, 0
+        self._window_max_ms = max(self._window_max_ms, took_ms)
+        self._batch_max.set(self._window_max_ms)
         if self._batch_rows is not None:
             self._batch_rows.update(len(buf))
         self._written.inc(len(buf) - len(refused))

@@ -298,7 +298,8 @@ class _UpsertFn(BufferedSinkFn):
         super().__init__(step=f"WriteToPostgres[{table}]", batch_size=batch_size, source_topic=source_topic,
                          written=f"{table}_rows_written", retries=f"{table}_transient_retries",
                          dead_letters=f"{table}_dead_letters", batch_latency_ms=f"{table}_batch_latency_ms",
-                         batch_rows=f"{table}_batch_rows", json_default=_json_default)
+                         batch_rows=f"{table}_batch_rows", json_default=_json_default,
+                         batch_max_ms=f"{table}_batch_max_ms")
         self._args = upserter_args
 
     def make_writer(self) -> PostgresUpserter:

@@ -206,7 +206,8 @@ class _WriteSessionStateFn(BufferedSinkFn):
                  settings: Optional[RedisSettings], source_topic: Optional[str], pipeline_events: int):
         super().__init__(step="WriteSessionState", batch_size=batch_size, source_topic=source_topic,
                          written="session_events_written", retries="redis_transient_retries",
-                         dead_letters="redis_dead_letters", batch_latency_ms="redis_batch_latency_ms")
+                         dead_letters="redis_dead_letters", batch_latency_ms="redis_batch_latency_ms",
+                         batch_max_ms="redis_batch_max_ms")
         self._ttl, self._max_attempts = ttl_seconds, max_attempts
         self._pipeline_events, self._settings = pipeline_events, settings
 
