@@ -220,6 +220,7 @@ class Collector:
 
             self._consumer = Consumer({**KafkaSettings.from_env().librdkafka_config(),
                                        "group.id": STATUS_GROUP, "enable.auto.commit": False,
+                                       "fetch.wait.max.ms": 10, "fetch.max.bytes": 1048576,
                                        "enable.partition.eof": False})
         return self._consumer
 
@@ -298,31 +299,31 @@ class Collector:
 
     def _record_ages(self, consumer, positions) -> Dict[Tuple[str, int, int], float]:
         """Seconds since the (create-time) timestamp of the record at each (topic, partition, offset): how old
-        each group's lag is. One fetch round for all of them (a partition read by several groups at different
-        offsets is read at the oldest)."""
+        each group's lag is. A partition can be assigned once at a time, so the positions are read in rounds:
+        round k reads the k-th distinct offset of every partition, all partitions in one fetch."""
         from confluent_kafka import TopicPartition
 
-        oldest: Dict[Tuple[str, int], int] = {}
+        per_partition: Dict[Tuple[str, int], List[int]] = {}
         for topic, partition, offset in positions:
-            key = (topic, partition)
-            oldest[key] = min(offset, oldest.get(key, offset))
-        if not oldest:
-            return {}
-        stamps: Dict[Tuple[str, int], int] = {}
-        consumer.assign([TopicPartition(t, p, off) for (t, p), off in oldest.items()])
-        try:
-            deadline = time.monotonic() + self.timeout_s
-            while len(stamps) < len(oldest) and time.monotonic() < deadline:
-                for msg in consumer.consume(num_messages=500, timeout=0.2):
-                    key = (msg.topic(), msg.partition())
-                    if msg.error() is None and key not in stamps:
-                        stamps[key] = msg.timestamp()[1]
-        finally:
-            consumer.unassign()
+            per_partition.setdefault((topic, partition), []).append(offset)
+        rounds = max((len(v) for v in per_partition.values()), default=0)
+        found: Dict[Tuple[str, int, int], int] = {}
+        deadline = time.monotonic() + 2 * self.timeout_s
+        for k in range(rounds):
+            wanted = {(t, p): sorted(set(offs))[k] for (t, p), offs in per_partition.items() if k < len(set(offs))}
+            consumer.assign([TopicPartition(t, p, off) for (t, p), off in wanted.items()])
+            try:
+                got = set()
+                while len(got) < len(wanted) and time.monotonic() < deadline:
+                    for msg in consumer.consume(num_messages=500, timeout=0.2):
+                        key = (msg.topic(), msg.partition())
+                        if msg.error() is None and key in wanted and key not in got:
+                            got.add(key)
+                            found[(key[0], key[1], wanted[key])] = msg.timestamp()[1]
+            finally:
+                consumer.unassign()
         now = time.time()
-        # the oldest unconsumed record of a partition is at least as old for every group further behind
-        return {(t, p, off): max(0.0, now - stamps[(t, p)] / 1000) for t, p, off in positions
-                if stamps.get((t, p), 0) > 0}
+        return {pos: max(0.0, now - ts / 1000) for pos, ts in found.items() if ts and ts > 0}
 
     # --- sinks -------------------------------------------------------------------------------------------
     def _sinks(self, snap: Snapshot) -> None:

@@ -72,7 +72,6 @@ def _flink_conf() -> None:
         # port of the range, the TaskManager the second (devstack.services.prometheus scrapes both).
         "metrics.reporter.prom.factory.class: org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
         f"metrics.reporter.prom.port: {PORTS['flink-metrics-jobmanager']}-{PORTS['flink-metrics-taskmanager']}",
-        "metrics.reporter.prom.filterLabelValueCharacters: false",  # job_name="e2e-kpi-t1", not e2e_kpi_t1
         f"blob.storage.directory: {DATA / 'flink-blobs'}",
         "",
     ]))

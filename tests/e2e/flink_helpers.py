@@ -195,3 +195,43 @@ class running_pipeline(readme_pipeline):
 
     def __init__(self, module, run_id: str, start_ms: int, *extra_args: str, flink_master: bool = True):
         super().__init__(module.__name__.rsplit(".", 1)[-1], run_id, start_ms, *extra_args, flink_master=flink_master)
+
+
+class producing_every_second:
+    """A record a second on `topic` while the block runs: a restarted job meets a new record even when it
+    resumes past the old ones (a restart before the first completed checkpoint resumes from the group's
+    committed offsets)."""
+
+    def __init__(self, bootstrap: str, topic: str, run_id: str):
+        import threading
+
+        self._args = (bootstrap, topic, run_id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from confluent_kafka import Producer
+
+        bootstrap, topic, run_id = self._args
+        producer = Producer({"bootstrap.servers": bootstrap})
+        i = 0
+        while not self._stop.wait(1.0):
+            producer.produce(topic, value=f"{run_id}-{i}".encode())
+            producer.poll(0)
+            i += 1
+        producer.flush(10)
+
+    def start(self) -> "producing_every_second":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False

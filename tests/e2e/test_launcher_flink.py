@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.flink_helpers import cancel_by_name, flink_get, jobs_by_name, poll
+from tests.e2e.flink_helpers import cancel_by_name, flink_get, jobs_by_name, poll, producing_every_second
 
 pytestmark = pytest.mark.e2e
 
@@ -24,29 +23,12 @@ def _run(args, timeout_s: float) -> subprocess.CompletedProcess:
                           timeout=timeout_s)
 
 
-def _produce_until(stop: threading.Event, bootstrap: str, topic: str, run_id: str) -> None:
-    """A record per second: a restarted job meets a new record even when it resumes past the old ones (a
-    restart before the first completed checkpoint resumes from the group's auto-committed offsets)."""
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": bootstrap})
-    i = 0
-    while not stop.wait(1.0):
-        producer.produce(topic, value=f"{run_id}-{i}".encode())
-        producer.poll(0)
-        i += 1
-    producer.flush(10)
-
-
 def test_a_job_that_fails_at_every_element_makes_the_command_fail_with_its_error(stack, kafka_settings, run_id):
     from tests.e2e import crashing_pipeline
 
     bootstrap = kafka_settings.bootstrap_servers
     crashing_pipeline.ensure_topic(bootstrap)
-    stop = threading.Event()
-    producing = threading.Thread(target=_produce_until, args=(stop, bootstrap, crashing_pipeline.TOPIC, run_id),
-                                 daemon=True)
-    producing.start()
+    producing = producing_every_second(bootstrap, crashing_pipeline.TOPIC, run_id).start()
     job_name = f"e2e-crash-{run_id}"
     started = time.monotonic()
     try:
@@ -65,8 +47,7 @@ def test_a_job_that_fails_at_every_element_makes_the_command_fail_with_its_error
         assert len(jobs) == 1, jobs
         poll(lambda: jobs_by_name(job_name)[0]["state"] == "CANCELED", 60, f"{job_name} CANCELED")
     finally:
-        stop.set()
-        producing.join(15)
+        producing.stop()
         cancel_by_name(job_name)
 
 

@@ -6,11 +6,11 @@ kept) lists the running job; a crash-looping job shows as restarting with its la
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -19,7 +19,8 @@ import pytest
 
 from beam_pipelines import kpi
 from devstack.config import LOGS
-from tests.e2e.flink_helpers import REPO, cancel_by_name, commit_group_at_end, poll, produce_with_offsets, readme_pipeline
+from tests.e2e.flink_helpers import (REPO, cancel_by_name, commit_group_at_end, poll, produce_with_offsets,
+                                     producing_every_second, readme_pipeline)
 from workloads.generator import ProducedRecord, TurnWorkload
 
 pytestmark = pytest.mark.e2e
@@ -79,20 +80,21 @@ def test_a_running_pipeline_shows_its_step_counters_its_lag_and_its_page(stack, 
     assert prom_value(f'max(iheardai_consumer_lag_seconds{{group="{group}"}})') > 0
 
     with readme_pipeline("kpi", run_id, None) as job:
+        flink_job = re.sub(r"[^a-zA-Z0-9:_]", "_", job.job_name)  # Flink's reporter filters label values
         # Beam counters of named steps, as Prometheus has them (events.metrics: the step is a label)
-        invalid = (f'sum(iheardai_step_dead_letters_invalid_json{{job_name="{job.job_name}", '
+        invalid = (f'sum(iheardai_step_dead_letters_invalid_json{{job_name="{flink_job}", '
                    f'step="Validate_text_agent_turn_completed_"}})')
         poll(lambda: prom_value(invalid) == 9, 120, f"{invalid} == 9")
-        written = f'sum(iheardai_step_agent_turns_rows_written{{job_name="{job.job_name}"}})'
+        written = f'sum(iheardai_step_agent_turns_rows_written{{job_name="{flink_job}"}})'
         poll(lambda: prom_value(written) == 30, 60, f"{written} == 30")
         # the other topics' validators run in the same fused Flink stage and keep their own counters
-        valid_tools = (f'sum(iheardai_step_events_valid{{job_name="{job.job_name}", '
+        valid_tools = (f'sum(iheardai_step_events_valid{{job_name="{flink_job}", '
                        f'step="Validate_agent_tool_invoked_"}})')
         assert prom_value(valid_tools) in (None, 0.0)
-        assert prom_value(f'sum(iheardai_step_events_valid{{job_name="{job.job_name}", '
+        assert prom_value(f'sum(iheardai_step_events_valid{{job_name="{flink_job}", '
                           f'step="Validate_text_agent_turn_completed_"}})') == 30
         poll(lambda: prom_value(lag) == 0, 120, f"{lag} falls to 0 (offsets committed on checkpoints)")
-        assert prom_value(f'flink_jobmanager_job_uptime{{job_name="{job.job_name}"}}') > 0  # Flink's own
+        assert prom_value(f'flink_jobmanager_job_uptime{{job_name="{flink_job}"}}') > 0  # Flink's own
         poll(lambda: prom_value(f'iheardai_job_up{{pipeline="kpi", job_name="{job.job_name}"}}') == 1, 30,
              "iheardai_job_up of the job")
 
@@ -111,27 +113,12 @@ def test_a_running_pipeline_shows_its_step_counters_its_lag_and_its_page(stack, 
         print(f"\nstatus page screenshot: {SCREENSHOT}")
 
 
-def _produce_until(stop: threading.Event, bootstrap: str, topic: str, run_id: str) -> None:
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": bootstrap})
-    i = 0
-    while not stop.wait(1.0):
-        producer.produce(topic, value=f"{run_id}-{i}".encode())
-        producer.poll(0)
-        i += 1
-    producer.flush(10)
-
-
 def test_a_crash_looping_job_shows_as_restarting_with_its_last_exception(stack, kafka_settings, run_id):
     from tests.e2e import crashing_pipeline
 
     bootstrap = kafka_settings.bootstrap_servers
     crashing_pipeline.ensure_topic(bootstrap)
-    stop = threading.Event()
-    producing = threading.Thread(target=_produce_until, args=(stop, bootstrap, crashing_pipeline.TOPIC, run_id),
-                                 daemon=True)
-    producing.start()
+    producing = producing_every_second(bootstrap, crashing_pipeline.TOPIC, run_id).start()
     job_name = f"e2e-crash-{run_id}"
     launcher = subprocess.Popen([sys.executable, "-m", "tests.e2e.crashing_pipeline", "--runner=FlinkRunner",
                                  "--flink_master=localhost:8081", f"--job_name={job_name}",
@@ -149,6 +136,5 @@ def test_a_crash_looping_job_shows_as_restarting_with_its_last_exception(stack, 
     finally:
         launcher.send_signal(signal.SIGINT)  # Ctrl-C: the launcher leaves the job; we cancel it
         launcher.wait(30)
-        stop.set()
-        producing.join(15)
+        producing.stop()
         cancel_by_name(job_name)
