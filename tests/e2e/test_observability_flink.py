@@ -119,7 +119,7 @@ def test_a_crash_looping_job_shows_as_restarting_with_its_last_exception(stack, 
     bootstrap = kafka_settings.bootstrap_servers
     crashing_pipeline.ensure_topic(bootstrap)
     producing = producing_every_second(bootstrap, crashing_pipeline.TOPIC, run_id).start()
-    job_name = f"e2e-crash-{run_id}"
+    job_name = f"e2e-leads-crash-{run_id}"  # a name that names a pipeline: its alerts name it too
     launcher = subprocess.Popen([sys.executable, "-m", "tests.e2e.crashing_pipeline", "--runner=FlinkRunner",
                                  "--flink_master=localhost:8081", f"--job_name={job_name}",
                                  f"--consumer_group={job_name}", "--parallelism=1", "--max_restarts=1000"],
@@ -133,6 +133,17 @@ def test_a_crash_looping_job_shows_as_restarting_with_its_last_exception(stack, 
         assert crashing_pipeline.ERROR in (job["last_exception"] or ""), job["last_exception"]
         page = urllib.request.urlopen(f"{STATUS}/status.html", timeout=10).read().decode()
         assert job_name in page and "RESTARTING" in page
+
+        # Prometheus fires PipelineJobRestarting, Alertmanager routes it to the status service's webhook
+        def alerted():
+            return [a for a in _get_json(f"{STATUS}/status")["alerts"]
+                    if a["labels"].get("alertname") == "PipelineJobRestarting"
+                    and a["labels"].get("pipeline") == "leads" and a["status"] == "firing"]
+
+        fired = poll(alerted, 120, "PipelineJobRestarting in Alertmanager and at the status service")
+        assert "leads" in fired[-1]["annotations"]["summary"]
+        in_alertmanager = _get_json("http://localhost:9094/api/v2/alerts?filter=alertname%3DPipelineJobRestarting")
+        assert any(a["labels"].get("pipeline") == "leads" for a in in_alertmanager)
     finally:
         launcher.send_signal(signal.SIGINT)  # Ctrl-C: the launcher leaves the job; we cancel it
         launcher.wait(30)
