@@ -79,7 +79,10 @@ def main(module_name: str) -> None:
     from beam_pipelines.launcher import JobFailed, quiet_warnings
 
     quiet_warnings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from events.logs import configure
+    from io_connectors.settings import environment
+
+    configure(module_name.rsplit(".", 1)[-1], environ=environment())  # JSON lines, secrets redacted
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its INFO is type-hint and staging chatter
     for obj in list(vars(sys.modules["__main__"]).values()):
         if isinstance(obj, type) and issubclass(obj, PipelineOptions) and obj.__module__ == "__main__":

@@ -527,8 +527,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from events.logs import configure
+    from io_connectors.settings import environment
+
+    configure("marketo-extractor", logging.DEBUG if args.verbose else logging.INFO, environ=environment())
     logging.getLogger("urllib3").setLevel(logging.WARNING)  # never log request lines
     overrides = {k: v for k, v in dict(calls_per_window=args.calls_per_window, window_seconds=args.window_seconds,
                                        max_concurrency=args.max_concurrency,

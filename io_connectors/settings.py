@@ -35,6 +35,11 @@ def get(name: str, default: Optional[str] = None) -> Optional[str]:
     return file_value if file_value is not None else default
 
 
+def environment() -> Dict[str, str]:
+    """Every setting this process sees: the environment over the local stack's settings file."""
+    return {**_file_env(), **os.environ}
+
+
 def _secret_file(name: str) -> Optional[str]:
     """`<NAME>_FILE` points at a file holding the secret (Kubernetes secret volumes)."""
     path = get(f"{name}_FILE")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import threading
 import time
 import urllib.request
@@ -102,6 +103,14 @@ def pipeline_of(job_name: str) -> Optional[str]:
     """The pipeline a Flink job runs, from its name: the launcher's `iheardai-<pipeline>` and any name with a
     pipeline's name as a dash-separated word (`e2e-kpi-t1a2b3`); None for other jobs."""
     return next((word for word in job_name.split("-") if word in PIPELINES), None)
+
+
+def trace_summary(stacktrace: str, limit: int = 4000) -> str:
+    """A Flink exception without its Java frames (`at ...`, `... N more`): the exception, every `Caused by:`
+    and the Python traceback inside, where the root cause of a Beam job is, within `limit` characters."""
+    kept = [line for line in stacktrace.splitlines()
+            if not re.match(r"\s+(at |\.\.\. \d+ (more|common frames omitted))", line)]
+    return "\n".join(kept)[:limit]
 
 
 def _timed(fn: Callable[[], Any]) -> Check:
@@ -251,7 +260,7 @@ class Collector:
         exc = self._flink(f"/jobs/{job.job_id}/exceptions?maxExceptions=1")
         entries = (exc.get("exceptionHistory") or {}).get("entries") or []
         if entries:
-            job.last_exception = (entries[0].get("stacktrace") or entries[0].get("exceptionName") or "")[:4000]
+            job.last_exception = trace_summary(entries[0].get("stacktrace") or entries[0].get("exceptionName") or "")
             job.last_exception_ms = entries[0].get("timestamp")
         recent = job.last_exception_ms is not None and now_ms - job.last_exception_ms < RESTART_WINDOW_S * 1000
         job.restarting = job.state in ("RESTARTING", "FAILING") or (job.restarts > 0 and recent)

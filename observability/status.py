@@ -61,7 +61,7 @@ class _SnapshotMetrics:
         job_up = gauge("job_up", "1 when the pipeline's current job is RUNNING", ["pipeline", "job_name"])
         job_restarting = gauge("job_restarting", "1 when the current job restarted in the last 10 min or is "
                                "restarting", ["pipeline", "job_name"])
-        restarts = gauge("job_restarts", "Flink numRestarts of the pipeline's current job", ["pipeline"])
+        restarts = gauge("job_restarts", "Flink numRestarts of the pipeline's current job", ["pipeline", "job_name"])
         uptime = gauge("job_uptime_seconds", "uptime of the pipeline's current job", ["pipeline"])
         cp_age = gauge("job_last_checkpoint_age_seconds", "age of the last completed checkpoint", ["pipeline"])
         cp_failed = gauge("job_failed_checkpoints", "failed checkpoints of the current job", ["pipeline"])
@@ -71,7 +71,7 @@ class _SnapshotMetrics:
             if job is None:
                 continue
             job_restarting.add_metric([p, job.name], 1 if job.restarting else 0)
-            restarts.add_metric([p], job.restarts)
+            restarts.add_metric([p, job.name], job.restarts)
             uptime.add_metric([p], job.uptime_s)
             cp_failed.add_metric([p], job.failed_checkpoints)
             if job.last_checkpoint_ms:
@@ -263,7 +263,8 @@ def create_app(collector: Collector) -> Starlette:
 def main(argv: Optional[List[str]] = None) -> int:
     import uvicorn
 
-    from observability.logs import configure
+    from events.logs import configure
+    from io_connectors.settings import environment
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
@@ -272,7 +273,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--flink-url", default="http://localhost:8081")
     ap.add_argument("--archive-prefix", default="", help="object key prefix of the Parquet archive")
     args = ap.parse_args(argv)
-    configure("status")
+    configure("status", environ=environment())
     collector = Collector(args.flink_url, args.interval, archive_prefix=args.archive_prefix).start()
     log.info("status service on http://%s:%d", args.host, args.port)
     uvicorn.run(create_app(collector), host=args.host, port=args.port, log_config=None, access_log=False)

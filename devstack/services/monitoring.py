@@ -71,10 +71,24 @@ def prometheus_config() -> str:
             f"scrape_configs:\n{jobs}")
 
 
-def prometheus_start() -> subprocess.Popen:
+def _write_prometheus_config() -> Path:
     RUN.mkdir(parents=True, exist_ok=True)
     conf = RUN / "prometheus.yml"
     conf.write_text(prometheus_config())
+    return conf
+
+
+def prometheus_reload() -> None:
+    """On every `up`: the current scrape config and the repo's rule files (a running Prometheus reads rule
+    files only when it starts or reloads)."""
+    _write_prometheus_config()
+    req = urllib.request.Request(f"http://127.0.0.1:{PORTS['prometheus']}/-/reload", method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
+
+
+def prometheus_start() -> subprocess.Popen:
+    conf = _write_prometheus_config()
     data = DATA / "prometheus"
     data.mkdir(parents=True, exist_ok=True)
     return spawn("prometheus", ["prometheus", f"--config.file={conf}", f"--storage.tsdb.path={data}",
@@ -82,15 +96,27 @@ def prometheus_start() -> subprocess.Popen:
                                 f"--web.listen-address=127.0.0.1:{PORTS['prometheus']}"])
 
 
+def _write_alertmanager_config() -> Path:
+    """The repo's config, copied where the running Alertmanager reads it (so `up` can reload a new one)."""
+    RUN.mkdir(parents=True, exist_ok=True)
+    conf = RUN / "alertmanager.yml"
+    conf.write_text(ALERTMANAGER_CONFIG.read_text() if ALERTMANAGER_CONFIG.exists()
+                    else "route:\n  receiver: local\nreceivers:\n  - name: local\n")
+    return conf
+
+
+def alertmanager_reload() -> None:
+    _write_alertmanager_config()
+    req = urllib.request.Request(f"http://127.0.0.1:{PORTS['alertmanager']}/-/reload", method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
+
+
 def alertmanager_start() -> subprocess.Popen:
     data = DATA / "alertmanager"
     data.mkdir(parents=True, exist_ok=True)
-    config: Path = ALERTMANAGER_CONFIG
-    if not config.exists():  # the repo's config is the one to run; this only keeps a partial checkout working
-        config = RUN / "alertmanager.yml"
-        config.write_text("route:\n  receiver: local\nreceivers:\n  - name: local\n")
     return spawn("alertmanager", [
-        "prometheus-alertmanager", f"--config.file={config}", f"--storage.path={data}",
+        "prometheus-alertmanager", f"--config.file={_write_alertmanager_config()}", f"--storage.path={data}",
         f"--web.listen-address=127.0.0.1:{PORTS['alertmanager']}",
         "--cluster.listen-address="])  # one local instance: no gossip port
 
@@ -118,11 +144,11 @@ def status_start() -> subprocess.Popen:
 STATUS = Service("status", PORTS["status"], lambda: None, status_start, lambda: _ready(PORTS["status"], "/metrics"),
                  60, None, f"http://localhost:{PORTS['status']}/status (pipelines status page)")
 PROMETHEUS = Service("prometheus", PORTS["prometheus"], _install("prometheus", "prometheus"), prometheus_start,
-                     lambda: _ready(PORTS["prometheus"], "/-/ready"), 60, None,
+                     lambda: _ready(PORTS["prometheus"], "/-/ready"), 60, prometheus_reload,
                      f"http://localhost:{PORTS['prometheus']} (Prometheus)")
 ALERTMANAGER = Service("alertmanager", PORTS["alertmanager"],
                        _install("prometheus-alertmanager", "prometheus-alertmanager"), alertmanager_start,
-                       lambda: _ready(PORTS["alertmanager"], "/-/ready"), 60, None,
+                       lambda: _ready(PORTS["alertmanager"], "/-/ready"), 60, alertmanager_reload,
                        f"http://localhost:{PORTS['alertmanager']} (Alertmanager)")
 POSTGRES_EXPORTER = Service("postgres-exporter", PORTS["postgres-exporter"],
                             _install("prometheus-postgres-exporter", "prometheus-postgres-exporter"),

@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 
 from observability.collect import Check, Job, Lag, Snapshot, pipeline_of
-from observability.logs import RedactSecrets, configure, secret_values
+from events.logs import RedactSecrets, configure, secret_values
 from observability.status import _SnapshotMetrics, current_job, render_html, status_doc
 
 pytestmark = pytest.mark.unit
@@ -48,7 +48,7 @@ def test_metrics_of_a_snapshot():
     assert 'iheardai_job_up{job_name="iheardai-leads",pipeline="leads"} 1.0' in text  # RUNNING, but:
     assert 'iheardai_job_restarting{job_name="iheardai-leads",pipeline="leads"} 1.0' in text
     assert 'iheardai_job_up{job_name="",pipeline="billing"} 0.0' in text  # no job at all
-    assert 'iheardai_job_restarts{pipeline="leads"} 3.0' in text
+    assert 'iheardai_job_restarts{job_name="iheardai-leads",pipeline="leads"} 3.0' in text
     assert 'iheardai_job_last_checkpoint_age_seconds{pipeline="kpi"} 4.0' in text
     assert ('iheardai_consumer_lag_messages{group="iheardai-kpi",partition="0",'
             'topic="text.agent.turn.completed"} 1500.0') in text
@@ -121,3 +121,20 @@ def test_prometheus_config_scrapes_every_target_and_loads_the_repo_rules():
         r"[^a-zA-Z0-9:_]", "_", f"{step_namespace('Validate[text.agent.turn.completed]')}.dead_letters_invalid_json")
     m = re.fullmatch(STEP_METRIC, flink_name)
     assert m and m.groups() == ("Validate_text_agent_turn_completed_", "dead_letters_invalid_json")
+
+
+def test_a_flink_exception_is_kept_without_its_java_frames_so_the_python_root_cause_fits():
+    from observability.collect import trace_summary
+
+    frames = "".join(f"\tat org.apache.flink.Frame{i}.run(Frame.java:{i})\n" for i in range(400))
+    trace = (f"java.lang.Exception: Could not perform checkpoint 1\n{frames}\t... 12 more\n"
+             f"Caused by: java.lang.RuntimeException: Failed to finish remote bundle\n{frames}"
+             "Traceback (most recent call last):\n  File \"crashing_pipeline.py\", line 40, in _refuse\n"
+             "CrashingPipelineError: crashing_pipeline refuses every element (offset 3)\n")
+    assert len(trace) > 20_000
+    summary = trace_summary(trace)
+    assert summary.splitlines() == [
+        "java.lang.Exception: Could not perform checkpoint 1",
+        "Caused by: java.lang.RuntimeException: Failed to finish remote bundle",
+        "Traceback (most recent call last):", '  File "crashing_pipeline.py", line 40, in _refuse',
+        "CrashingPipelineError: crashing_pipeline refuses every element (offset 3)"]

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Mapping, Optional
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -21,12 +21,11 @@ SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|HMAC_KEY|ACCESS_KEY|SECRET_KEY
 MIN_SECRET_LEN = 6  # shorter values would redact ordinary words
 
 
-def secret_values(environ=None) -> List[str]:
-    """Values of the secrets this process can see: the environment and the local stack's settings file."""
-    if environ is None:
-        from io_connectors.settings import _file_env
-
-        environ = {**_file_env(), **os.environ}
+def secret_values(environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Values of the secrets in `environ` (default: this process's environment; callers pass
+    `io_connectors.settings.environment()` to include the local stack's settings file): settings named like a
+    password, secret, key or token, and the contents of the files their `*_FILE` settings name."""
+    environ = os.environ if environ is None else environ
     out = []
     for name, value in environ.items():
         if not SECRET_NAME.search(name):
@@ -62,13 +61,14 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def configure(component: str, level: int = logging.INFO, stream=None) -> logging.Handler:
+def configure(component: str, level: int = logging.INFO, stream=None,
+              environ: Optional[Mapping[str, str]] = None) -> logging.Handler:
     """JSON lines on stderr for the whole process: {"time", "level", "component", "step", "message", ...}."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
                                        rename_fields={"asctime": "time", "levelname": "level", "name": "step"},
                                        static_fields={"component": component}))
-    handler.addFilter(RedactSecrets())
+    handler.addFilter(RedactSecrets(secret_values(environ)))
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
