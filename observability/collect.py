@@ -20,6 +20,7 @@ A check that fails is recorded with its error; a pass never raises.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -46,7 +47,8 @@ SINK_TABLES = {
 }
 WRITE_TIME_COLUMN = {t: "updated_at" for t in SINK_TABLES if t != "marketo_leads"}  # marketo's is the lead's
 MARKETO_RUN_STATE = "marketo.leads.last_run"
-RESTART_WINDOW_S = 600  # a job with a restart this recent counts as restarting
+RESTART_WINDOW_S = 600
+THROUGHPUT_WINDOW_S = 60.0  # a job with a restart this recent counts as restarting
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Snapshot:
     lag: List[Lag] = field(default_factory=list)
     topic_messages: Dict[str, int] = field(default_factory=dict)
     dlq_last_hour: Dict[str, int] = field(default_factory=dict)
+    consumed_per_s: Dict[str, float] = field(default_factory=dict)  # group -> committed records/s (~1 min)
     sink_last_write: Dict[str, Optional[float]] = field(default_factory=dict)
     archive_last_write: Dict[str, Optional[float]] = field(default_factory=dict)
     marketo: Optional[Dict[str, Any]] = None
@@ -132,6 +135,7 @@ class Collector:
         self.interval_s, self.timeout_s = interval_s, timeout_s
         self.snapshot = Snapshot()
         self._row_counters: Dict[str, int] = {}
+        self._committed_history: Dict[str, collections.deque] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._admin = self._consumer = None
@@ -293,6 +297,7 @@ class Collector:
                 if tp.offset >= 0 and (tp.topic, tp.partition) in ends:
                     committed.append((name, tp.topic, tp.partition, tp.offset,
                                       max(0, ends[(tp.topic, tp.partition)] - tp.offset)))
+        self._throughput(snap, committed)
         ages = self._record_ages(consumer, {(t, p, off) for _, t, p, off, behind in committed if behind})
         snap.lag = [Lag(g, t, p, behind, ages.get((t, p, off), 0.0) if behind else 0.0)
                     for g, t, p, off, behind in committed]
@@ -305,6 +310,22 @@ class Collector:
                                            timeout=self.timeout_s)
         return sum(ends[(topic, tp.partition)] - (tp.offset if tp.offset >= 0 else ends[(topic, tp.partition)])
                    for tp in found)
+
+    def _throughput(self, snap: Snapshot, committed) -> None:
+        """Records a group committed per second over the last minute or so (its pipeline's throughput: the
+        pipelines commit on checkpoints, so shorter spans would only show the checkpoint cadence)."""
+        now = time.time()
+        totals: Dict[str, int] = {}
+        for group, _t, _p, offset, _behind in committed:
+            totals[group] = totals.get(group, 0) + offset
+        for group, total in totals.items():
+            history = self._committed_history.setdefault(group, collections.deque())
+            history.append((now, total))
+            while len(history) > 2 and now - history[1][0] >= THROUGHPUT_WINDOW_S:
+                history.popleft()
+            (t0, first), (t1, last) = history[0], history[-1]
+            if t1 - t0 >= THROUGHPUT_WINDOW_S / 3:
+                snap.consumed_per_s[group] = max(0.0, (last - first) / (t1 - t0))
 
     def _record_ages(self, consumer, positions) -> Dict[Tuple[str, int, int], float]:
         """Seconds since the (create-time) timestamp of the record at each (topic, partition, offset): how old

@@ -49,7 +49,7 @@ POSTGRES = model.DataSourceRef(type_val=POSTGRES_TYPE, uid="${postgres}")
 PIPELINES = ("kpi", "frontend", "billing", "archive", "leads")
 # A job or group belongs to the pipeline its name names as a dash-separated word (observability.collect's
 # pipeline_of): iheardai-<pipeline>, iheardai-demo-<pipeline> under ./run demo.
-FLINK_JOB = 'job_name=~"(.*-)?($pipeline)(-.*)?"'
+FLINK_JOB = 'job_name=~"(.*[-_])?($pipeline)([-_].*)?"'  # Flink's reporter writes job_name with '_' for '-'
 PIPELINE_GROUP = 'group=~"(.*-)?($pipeline)(-.*)?"'
 
 

@@ -88,6 +88,10 @@ class _SnapshotMetrics:
         yield lag_m
         yield lag_s
 
+        rate = gauge("consumer_records_per_second", "records the group committed per second, last minute", ["group"])
+        for group, per_s in snap.consumed_per_s.items():
+            rate.add_metric([group], per_s)
+        yield rate
         total = gauge("topic_messages_total", "records ever written to the topic (sum of end offsets)", ["topic"])
         for topic, n in snap.topic_messages.items():
             total.add_metric([topic], n)
@@ -186,8 +190,11 @@ def render_html(doc: Dict[str, Any]) -> str:
         agg = lag[(item["group"], item["topic"])]
         agg[0] += item["messages"]
         agg[1] = max(agg[1], int(item["seconds"]))
-    lags = "".join(f"<tr><td>{e(g)}</td><td>{e(t)}</td><td>{m}</td><td>{s} s</td></tr>"
-                   for (g, t), (m, s) in sorted(lag.items()))
+    per_s = doc.get("consumed_per_s", {})
+    lags = "".join(f"<tr><td>{e(g)}</td><td>{e(t)}</td><td>{m}</td><td>{s} s</td>"
+                   f"<td>{per_s[g]:.1f}/s</td></tr>" if g in per_s else
+                   f"<tr><td>{e(g)}</td><td>{e(t)}</td><td>{m}</td><td>{s} s</td><td></td></tr>"
+                   for (g, t), (m, s) in sorted(lag.items(), key=lambda kv: (-kv[1][0], kv[0])))
     dlq = "".join(f"<tr class={'bad' if n else 'ok'}><td>{e(t)}</td><td>{n}</td></tr>"
                   for t, n in sorted(doc["dlq_last_hour"].items()))
     sinks = "".join(f"<tr><td>{e(t)}</td><td>{_age(ts, now)}</td><td>{e(', '.join(doc['sink_inputs'].get(t, [])))}"
@@ -214,7 +221,8 @@ h1 span{{font-size:60%;color:#666}}</style></head><body>
 <h2>Jobs</h2><table><tr><th>pipeline</th><th>state</th><th>job</th><th>uptime</th><th>restarts</th>
 <th>last checkpoint</th><th>last exception</th></tr>{''.join(rows)}</table>
 <h2>Services</h2><table><tr><th>service</th><th>health</th><th>latency</th><th>error</th></tr>{health}</table>
-<h2>Consumer lag</h2><table><tr><th>group</th><th>topic</th><th>messages</th><th>oldest</th></tr>{lags}</table>
+<h2>Consumer lag and throughput</h2><table><tr><th>group</th><th>topic</th><th>messages behind</th><th>oldest</th>
+<th>group committed</th></tr>{lags}</table>
 <h2>Dead letters, last hour</h2><table><tr><th>topic</th><th>records</th></tr>{dlq}</table>
 <h2>Sink freshness</h2><table><tr><th>table</th><th>last write</th><th>fed by</th></tr>{sinks}</table>
 <h2>Archive freshness</h2><table><tr><th>topic</th><th>newest object</th></tr>{archive}</table>

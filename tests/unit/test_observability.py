@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
+
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
@@ -31,7 +33,24 @@ def _snapshot():
     snap.lag = [Lag("iheardai-kpi", "text.agent.turn.completed", 0, 1500, 42.5)]
     snap.dlq_last_hour = {"text.agent.turn.completed.dlq": 7}
     snap.sink_last_write = {"agent_turns": NOW - 30}
+    snap.consumed_per_s = {"iheardai-kpi": 12.5}
     return snap
+
+
+def test_throughput_is_the_groups_committed_records_per_second_over_a_minute():
+    from observability.collect import Collector
+
+    c = Collector()
+    snap = Snapshot()
+    clock = iter([1000.0, 1010.0, 1030.0, 1070.0, 1100.0])
+    real = time.time
+    time.time = lambda: next(clock)
+    try:
+        for total in (100, 100, 400, 1200, 1200):  # commits arrive with checkpoints
+            c._throughput(snap, [("g", "t", 0, total - 50, 0), ("g", "t", 1, 50, 0)])
+    finally:
+        time.time = real
+    assert snap.consumed_per_s["g"] == pytest.approx((1200 - 400) / (1100 - 1030))  # the last minute
 
 
 def test_a_job_belongs_to_the_pipeline_its_name_names():
@@ -55,6 +74,7 @@ def test_metrics_of_a_snapshot():
     assert 'iheardai_health_up{service="redis"} 0.0' in text
     assert 'iheardai_dlq_messages_last_hour{topic="text.agent.turn.completed.dlq"} 7.0' in text
     assert 'iheardai_sink_last_write_timestamp_seconds{table="agent_turns"}' in text
+    assert 'iheardai_consumer_records_per_second{group="iheardai-kpi"} 12.5' in text
     assert "adhoc" not in text  # jobs of no pipeline are listed on the page, not in the pipeline metrics
 
 
@@ -70,6 +90,7 @@ def test_status_document_and_page():
     assert "UNHEALTHY" in page and "RESTARTING" in page and "adhoc-job" in page and "PipelineDown" in page
     assert "&lt;boom&gt;" in page and "<boom>" not in page and "kpi &lt;down&gt;" in page  # escaped
     assert "30 s ago" in page  # agent_turns freshness
+    assert "12.5/s" in page  # the group's throughput
 
 
 def test_json_logs_carry_component_step_level_and_never_a_secret(monkeypatch, tmp_path):
