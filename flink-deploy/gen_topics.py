@@ -39,7 +39,7 @@ def render() -> str:
     for t in all_topics():
         docs.append(
             "---\n"
-            "apiVersion: kafka.strimzi.io/v1beta2\n"
+            "apiVersion: kafka.strimzi.io/v1\n"
             "kind: KafkaTopic\n"
             "metadata:\n"
             f"  name: {resource_name(t.name)}\n"
