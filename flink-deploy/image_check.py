@@ -98,7 +98,14 @@ elif mode == "worker-env":
         out[cls.__name__] = {k: bool(v) for k, v in vars(s).items()}
 elif mode == "commands":
     for kind, target in json.loads(arg[0]):
-        ok = (importlib.util.find_spec(target) is not None) if kind == "module" else os.path.isfile(os.path.join(img, target))
+        if kind == "module":  # imported, not only found: its own imports must resolve in the image too
+            try:
+                importlib.import_module(target)
+                ok = True
+            except Exception as e:  # noqa: BLE001 - reported per command
+                ok = f"{type(e).__name__}: {e}"
+        else:
+            ok = os.path.isfile(os.path.join(img, target))
         out[f"{kind}:{target}"] = ok
 out["modules_outside_image"] = sorted(
     n for n, mo in list(sys.modules.items())

@@ -274,7 +274,7 @@ def mounted_files(p: Pod, c: dict) -> Dict[str, Optional[Tuple[str, Optional[str
     return out
 
 
-PATH_RE = re.compile(r"(?<![\w$.:-])(/(?:[\w.-]+/)*[\w.-]+/?)")
+PATH_RE = re.compile(r"(?<![\w$.:/-])(/(?:[\w.-]+/)*[\w.-]+/?)")
 
 
 def paths_passed(c: dict) -> List[Tuple[str, str]]:

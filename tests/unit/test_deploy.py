@@ -227,15 +227,19 @@ def test_taskmanager_has_worker_pool_sidecar():
     assert {"containerPort": 50000, "name": "worker-pool"} in pool["ports"]
 
 
-def test_beam_services_deployment():
-    (_, dep), = [(p, d) for p, d in by_kind("Deployment") if d["metadata"]["name"] == "beam-services"]
-    cs = {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
-    js, ex = cs["job-server"]["command"], cs["expansion-service"]["command"]
-    assert "--flink-master=iheardai-flink-rest:8081" in js and "--job-port=8099" in js
-    assert "--job-host=0.0.0.0" in js
-    assert "--defaultEnvironmentType=EMBEDDED" in ex and "--experiments=use_deprecated_read" in ex
-    (_, svc), = [(p, d) for p, d in by_kind("Service") if d["metadata"]["name"] == "beam-services"]
-    assert {p["port"] for p in svc["spec"]["ports"]} == {8097, 8098, 8099}
+def test_beam_services_deployments():
+    deps = {d["metadata"]["name"]: d for _, d in by_kind("Deployment")}
+    js, = deps["beam-job-server"]["spec"]["template"]["spec"]["containers"]
+    ex, = deps["beam-expansion"]["spec"]["template"]["spec"]["containers"]
+    assert "--flink-master=iheardai-flink-rest:8081" in js["command"] and "--job-port=8099" in js["command"]
+    assert "--job-host=0.0.0.0" in js["command"]
+    assert "--defaultEnvironmentType=EMBEDDED" in ex["command"] and "--experiments=use_deprecated_read" in ex["command"]
+    services = {d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]} for _, d in by_kind("Service")}
+    assert services == {"beam-job-server": {8098, 8099}, "beam-expansion": {8097}}
+    cm, = [d for _, d in by_kind("ConfigMap") if d["metadata"]["name"] == "iheardai-settings"]
+    assert cm["data"]["BEAM_JOB_ENDPOINT"] == "beam-job-server:8099"
+    assert cm["data"]["BEAM_ARTIFACT_ENDPOINT"] == "beam-job-server:8098"
+    assert cm["data"]["BEAM_EXPANSION_SERVICE"] == "beam-expansion:8097"
 
 
 def test_marketo_cronjob():
@@ -329,7 +333,7 @@ def test_every_submitted_flag_is_declared(flinkctl):
     """Beam's FlinkRunner silently drops undeclared options when it submits to a job endpoint."""
     parser = _declared_flags_parser(flinkctl)
     env = {"SAVEPOINT_PATH": "s3://iheardai-flink/savepoints/savepoint-1", "ALLOW_NON_RESTORED_STATE": "true",
-           "BEAM_ARTIFACT_ENDPOINT": "beam-services:8098"}
+           "BEAM_ARTIFACT_ENDPOINT": "beam-job-server:8098"}
     for module, (path, c) in _submit_jobs().items():
         argv = flinkctl.submit_argv(module, c["args"], env)
         _, unknown = parser.parse_known_args(argv)
