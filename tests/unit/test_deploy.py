@@ -368,3 +368,29 @@ def test_flinkctl_parses_submit_flags_through(flinkctl, monkeypatch):
     assert flinkctl.main(["submit", "beam_pipelines.leads", "--runner=FlinkRunner", "--job_name=x",
                           "--streaming"]) == 0
     assert calls == [("beam_pipelines.leads", ["--runner=FlinkRunner", "--job_name=x", "--streaming"])]
+
+
+_FRESH_SUBMITTER = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("flinkctl", sys.argv[1])
+flinkctl = importlib.util.module_from_spec(spec); spec.loader.exec_module(flinkctl)
+flinkctl.register_restore_options()          # what `flinkctl.py _run` does first ...
+import beam_pipelines.options                # ... then the pipeline module imports the project's options
+from apache_beam.options.pipeline_options import PipelineOptions
+opts = PipelineOptions(["--savepoint_path=s3://b/sp", "--allow_non_restored_state"])
+opts.get_all_options()                       # what every external transform's expansion does
+print(opts.get_all_options()["savepoint_path"])
+"""
+
+
+def test_flinkctl_restore_options_do_not_collide_with_the_projects(tmp_path):
+    """In a fresh submitter process, flinkctl's declarations came first and beam_pipelines/options.py declared the
+    same flags again: Beam's get_all_options() (run by every Kafka expansion) then failed with `argparse.ArgumentError:
+    conflicting option string: --savepoint_path`, so every submit Job died while building its graph."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _FRESH_SUBMITTER, str(DEPLOY / "flinkctl.py")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "s3://b/sp"
