@@ -21,3 +21,8 @@ KUBERNETES_VALIDATE = "1.37.0"  # PyPI package that carries the Kubernetes JSON 
 FLINK_OPERATOR = "1.10.0"  # Flink Kubernetes Operator (the newest whose API jar, with its CRDs, Maven Central serves here)
 STRIMZI = "0.51.0"  # io.strimzi:api test jar: the v1-only CRDs (the only API that Strimzi 1.x serves)
 KUSTOMIZE = "v5.8.1"  # sigs.k8s.io/kustomize/kustomize/v5, built from the Go module proxy
+# PodMonitor/ServiceMonitor/PrometheusRule (flink-deploy/base/monitoring.yaml, observability-generated.yaml): no
+# registry artifact carries the Prometheus Operator's CRDs, so they are generated with controller-gen from the
+# operator's API module, as the operator's own build does.
+PROMETHEUS_OPERATOR = "v0.95.2"  # github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring
+CONTROLLER_TOOLS = "v0.20.1"  # sigs.k8s.io/controller-tools/cmd/controller-gen

@@ -17,6 +17,10 @@ Where the schemas come from (package registries only; cached under $DEVSTACK_HOM
   A CRD's openAPIV3Schema becomes a strict JSON schema: every object with `properties` gets
   `additionalProperties: false` unless it says `x-kubernetes-preserve-unknown-fields`, and the root `metadata`
   is checked against Kubernetes' own ObjectMeta.
+- PodMonitor, ServiceMonitor, PrometheusRule: no registry artifact carries the Prometheus Operator's CRDs;
+  they are generated with controller-gen (devstack.versions.CONTROLLER_TOOLS) from the operator's Go API module
+  (`github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring`, devstack.versions.PROMETHEUS_OPERATOR),
+  both from the Go module proxy, the way the operator's own build makes them.
 - kustomize (devstack.versions.KUSTOMIZE) is built from the Go module proxy with `go install`.
 """
 
@@ -138,8 +142,34 @@ def _maven_jar(coords: str) -> Path:
     return dest
 
 
+PROMETHEUS_API = "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring"
+
+
+def prometheus_operator_crds() -> Path:
+    """The Prometheus Operator's monitoring.coreos.com/v1 CRDs, generated once with controller-gen."""
+    dest = CACHE / f"prometheus-operator-crds-{versions.PROMETHEUS_OPERATOR}"
+    if (dest / "monitoring.coreos.com_podmonitors.yaml").exists():
+        return dest
+    if not shutil.which("go"):
+        raise ToolError("the Prometheus Operator CRDs are generated with Go (`go` not on PATH)")
+    tmp = Path(tempfile.mkdtemp(prefix="promcrd-", dir=_mkdir(CACHE)))
+    env = {**os.environ, "GOBIN": str(tmp / "bin"), "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
+    _run(["go", "install", f"sigs.k8s.io/controller-tools/cmd/controller-gen@{versions.CONTROLLER_TOOLS}"], env=env)
+    mod = tmp / "mod"
+    mod.mkdir()
+    (mod / "go.mod").write_text("module iheardai/crdgen\n\ngo 1.24\n")
+    (mod / "tools.go").write_text(f'package crdgen\n\nimport _ "{PROMETHEUS_API}/v1"\n')
+    _run(["go", "get", f"{PROMETHEUS_API}@{versions.PROMETHEUS_OPERATOR}"], cwd=mod, env=env)
+    _run(["go", "mod", "tidy"], cwd=mod, env=env)
+    _run([tmp / "bin" / "controller-gen", "crd:crdVersions=v1", f"paths={PROMETHEUS_API}/v1",
+          f"output:crd:dir={tmp / 'out'}"], cwd=mod, env=env)
+    _publish(tmp / "out", dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 CRD_SOURCES = {
-    # (group, kind): (maven coordinates, path of the CRD inside the jar)
+    # (group, kind): (maven coordinates, path of the CRD inside the jar), or ("generated", file name)
     ("flink.apache.org", "FlinkDeployment"): (
         f"org.apache.flink:flink-kubernetes-operator-api:{versions.FLINK_OPERATOR}",
         "META-INF/fabric8/flinkdeployments.flink.apache.org-v1.yml"),
@@ -148,12 +178,17 @@ CRD_SOURCES = {
         "META-INF/fabric8/flinksessionjobs.flink.apache.org-v1.yml"),
     ("kafka.strimzi.io", "KafkaTopic"): (
         f"io.strimzi:api:{versions.STRIMZI}:jar:tests", "crds/v1/043-Crd-kafkatopic.yaml"),
+    ("monitoring.coreos.com", "PodMonitor"): ("generated", "monitoring.coreos.com_podmonitors.yaml"),
+    ("monitoring.coreos.com", "ServiceMonitor"): ("generated", "monitoring.coreos.com_servicemonitors.yaml"),
+    ("monitoring.coreos.com", "PrometheusRule"): ("generated", "monitoring.coreos.com_prometheusrules.yaml"),
 }
 
 
 @lru_cache(maxsize=None)
 def crd(group: str, kind: str) -> dict:
     coords, member = CRD_SOURCES[(group, kind)]
+    if coords == "generated":
+        return yaml.safe_load((prometheus_operator_crds() / member).read_text())
     with zipfile.ZipFile(_maven_jar(coords)) as z:
         return yaml.safe_load(z.read(member))
 
@@ -217,7 +252,10 @@ class Validator:
     def schema_name(self, api_version: str, kind: str) -> str:
         group, _, version = api_version.rpartition("/")
         if (group, kind) in CRD_SOURCES:
-            return f"{CRD_SOURCES[(group, kind)][0]} {CRD_SOURCES[(group, kind)][1]} ({version}, strict)"
+            src, member = CRD_SOURCES[(group, kind)]
+            if src == "generated":
+                src = f"controller-gen {versions.CONTROLLER_TOOLS} on {PROMETHEUS_API}@{versions.PROMETHEUS_OPERATOR}"
+            return f"{src} {member} ({version}, strict)"
         return f"kubernetes {self.minor} {self._k8s_file(api_version, kind).name}"
 
     def _k8s_file(self, api_version: str, kind: str) -> Path:
@@ -302,7 +340,8 @@ def main(argv=None) -> int:
     for p in problems:
         print(p)
     print(f"{len(problems)} problem(s); Kubernetes {', '.join(versions.K8S)}, Flink Kubernetes Operator "
-          f"{versions.FLINK_OPERATOR}, Strimzi {versions.STRIMZI} (v1)")
+          f"{versions.FLINK_OPERATOR}, Strimzi {versions.STRIMZI} (v1), Prometheus Operator "
+          f"{versions.PROMETHEUS_OPERATOR}")
     return 1 if problems else 0
 
 

@@ -56,9 +56,12 @@ ENDPOINTS: Dict[str, Tuple[str, Dict[str, str]]] = {
     "expansion": (NS, _pod_labels("beam-expansion")),
     **{f"submit-{p}": (NS, _pod_labels(f"submit-{p}")) for p in ("kpi", "frontend", "billing", "archive", "leads")},
     "migrate": (NS, _pod_labels("sql-migrate")),
+    "status": (NS, _pod_labels("iheardai-status")),
     "extractor": (NS, _pod_labels("marketo-extractor")),
     "flinkctl": (NS, {"app.kubernetes.io/component": "flinkctl", "run": "flinkctl-1"}),
     "operator": ("flink-operator", {"app.kubernetes.io/name": "flink-kubernetes-operator"}),
+    "prometheus": ("monitoring", {"app.kubernetes.io/name": "prometheus"}),
+    "alertmanager": ("monitoring", {"app.kubernetes.io/name": "alertmanager"}),
     "other-pod": (NS, {"app": "something-else"}),
     "other-namespace": ("default", {"app.kubernetes.io/component": "submitter"}),  # same labels, wrong namespace
 }
@@ -86,6 +89,9 @@ def needed() -> Set[Tuple[str, str, int]]:
     jm_rpc, blob = int(conf["jobmanager.rpc.port"]), int(conf["blob.server.port"])
     tm_rpc, tm_data = int(conf["taskmanager.rpc.port"]), int(conf["taskmanager.data.port"])
     metrics = int(conf["metrics.internal.query-service.port"])
+    prom = int(conf["metrics.reporter.prom.port"])
+    assert {e.get("targetPort") for e in m.named("PodMonitor", "iheardai-flink")["spec"]["podMetricsEndpoints"]} == {prom}
+    status = next(p["containerPort"] for p in m.pod("iheardai-status").container("status")["ports"])
     out = {
         ("taskmanager", "jobmanager", jm_rpc), ("taskmanager", "jobmanager", blob),
         ("jobmanager", "taskmanager", tm_rpc), ("jobmanager", "taskmanager", metrics),
@@ -97,6 +103,10 @@ def needed() -> Set[Tuple[str, str, int]]:
         ("flinkctl", "jobmanager", rest), ("operator", "jobmanager", rest),
         ("migrate", EXTERNAL, pg),
         ("extractor", EXTERNAL, https), ("extractor", EXTERNAL, kafka), ("extractor", EXTERNAL, pg),
+        ("status", "jobmanager", rest), ("status", EXTERNAL, kafka), ("status", EXTERNAL, pg),
+        ("status", EXTERNAL, redis), ("status", EXTERNAL, https),
+        ("prometheus", "jobmanager", prom), ("prometheus", "taskmanager", prom),
+        ("prometheus", "status", status), ("alertmanager", "status", status),
     }
     for p in ("kpi", "frontend", "billing", "archive", "leads"):
         s = f"submit-{p}"
@@ -180,6 +190,17 @@ def _ports_of_interest() -> Tuple[int, ...]:
 
 # --- tests -------------------------------------------------------------------------------------------------
 
+def test_every_pod_of_the_manifests_is_an_endpoint_here():
+    """A new component must come with its policy and its needed paths in this file."""
+    known = {labels_key(l) for ns, l in ENDPOINTS.values() if ns == NS}
+    missing = [p.name for p in m.pods() if labels_key(p.labels) not in known]
+    assert not missing, f"pods with no endpoint in this test (and likely no NetworkPolicy): {missing}"
+
+
+def labels_key(labels: Dict[str, str]) -> tuple:
+    return tuple(sorted(labels.items()))
+
+
 def test_every_needed_connection_is_allowed():
     blocked = sorted(c for c in needed() if not allowed(*c))
     assert not blocked, f"needed but blocked: {blocked}"
@@ -191,7 +212,8 @@ def _ours(name: str) -> bool:
 
 # The Flink pods' HTTPS egress names no peer (Cilium's kube-apiserver identity matches no ipBlock): it also reaches
 # :443 of pods in other namespaces. Known and accepted (network-policies.yaml says so).
-ACCEPTED = {(s, d, 443) for s in ("jobmanager", "taskmanager") for d in ("operator", "other-namespace")}
+ACCEPTED = {(s, d, 443) for s in ("jobmanager", "taskmanager")
+            for d in ("operator", "prometheus", "alertmanager", "other-namespace")}
 
 
 def test_nothing_else_is_allowed():

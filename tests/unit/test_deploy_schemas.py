@@ -154,3 +154,14 @@ def test_a_wrong_type_in_a_core_object_fails(validators):
     d = _one("Service", "beam-expansion")
     d["spec"]["ports"][0]["port"] = "eighty"
     assert _latest(validators).errors(d)
+
+
+def test_the_prometheus_operator_resources_are_checked_too(validators):
+    """monitoring.yaml and observability-generated.yaml against CRDs generated from the operator's API module."""
+    pm = _one("PodMonitor", "iheardai-flink")
+    assert not _latest(validators).errors(pm)
+    pm["spec"]["podMetricsEndpoints"][0]["scrapeEvery"] = "15s"
+    assert any("scrapeEvery" in e for e in _latest(validators).errors(pm))
+    rule = _one("PrometheusRule", "iheardai-alerts")
+    rule["spec"]["groups"][0]["rules"][0]["exprr"] = "up == 0"
+    assert any("exprr" in e for e in _latest(validators).errors(rule))
