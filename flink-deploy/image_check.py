@@ -86,6 +86,8 @@ if mode == "build":
     p = beam.Pipeline(options=opts)
     mod.build(p, opts)
     proto = p.to_runner_api()
+    import shutil
+    shutil.rmtree(p.local_tempdir, ignore_errors=True)  # Pipeline.run() would; the resolved jars are ~200 MB each
     out["transforms"] = len(proto.components.transforms)
     out["runner"] = type(p.runner).__name__
     out["argv"] = argv
@@ -135,6 +137,10 @@ class ImageSandbox:
         self.mounts = workdir / "mounts"
         self.devstack_home = workdir / "empty-devstack-home"
         self.devstack_home.mkdir(parents=True, exist_ok=True)
+        # The children's temporary files (Beam resolves each Kafka transform's ~200 MB jar into the pipeline's
+        # temp dir) stay inside the sandbox and go with it.
+        self.tmp = workdir / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
 
     def _remap(self, value: str, mounted: Dict[str, object]) -> str:
         """Point absolute paths under a mount (and under the image root) at the sandbox."""
@@ -167,6 +173,7 @@ class ImageSandbox:
             env[k] = ("placeholder-secret-value" if v.startswith("<from Secret") else self._remap(v, mounted))
         env.update(overrides or {})
         env.update({"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.workdir),
+                    "TMPDIR": str(self.tmp),
                     "DEVSTACK_HOME": str(self.devstack_home), "PYTHONDONTWRITEBYTECODE": "1",
                     "IMAGE_CHECK_ROOT": str(self.app), "IMAGE_CHECK_SITE": os.pathsep.join(_site_packages()),
                     "IMAGE_CHECK_PACKAGES": json.dumps(OUR_PACKAGES)})
@@ -239,6 +246,7 @@ def pipelines_image_commands() -> List[tuple]:
 
 def check_commands(box: ImageSandbox) -> Result:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(box.workdir), "DEVSTACK_HOME": str(box.devstack_home),
+           "TMPDIR": str(box.tmp),
            "IMAGE_CHECK_ROOT": str(box.app), "IMAGE_CHECK_SITE": os.pathsep.join(_site_packages()),
            "IMAGE_CHECK_PACKAGES": json.dumps(OUR_PACKAGES)}
     return box.run(env, "commands", json.dumps(pipelines_image_commands()), timeout=120)
