@@ -31,7 +31,9 @@ COPY transforms ./transforms
 COPY io_connectors ./io_connectors
 COPY observability ./observability
 COPY sql ./sql
-COPY flink-deploy/flinkctl.py flink-deploy/gen_topics.py ./flink-deploy/
+# Deployment files the code reads when a graph is built: the PII policy and the model price table.
+COPY config ./config
+COPY flink-deploy/flinkctl.py flink-deploy/gen_topics.py flink-deploy/probes.py ./flink-deploy/
 RUN pip install --no-deps . \
     && python -c "import apache_beam, beam_pipelines.options; assert apache_beam.__version__ == '2.62.0', apache_beam.__version__" \
     && useradd --uid 10001 --user-group --no-create-home --home-dir /opt/iheardai iheardai

@@ -13,3 +13,16 @@ FLINK_MINOR = "1.19"
 KAFKA = "4.1.1"  # broker; the Beam side uses kafka-clients 3.9.1 (see devstack/maven/beam-services/pom.xml)
 VERSITYGW = "v1.8.0"  # S3-compatible server (Apache-2.0), built from the Go module proxy
 JAVA = "17"
+
+# Production (flink-deploy/): what the manifests are validated against (flink-deploy/validate.py fetches the
+# schemas from package registries: Kubernetes from PyPI `kubernetes-validate`, the CRDs from Maven Central).
+K8S = ("1.33", "1.34", "1.35")  # DOKS minor versions the manifests are checked against (strict schemas)
+KUBERNETES_VALIDATE = "1.37.0"  # PyPI package that carries the Kubernetes JSON schemas
+FLINK_OPERATOR = "1.10.0"  # Flink Kubernetes Operator (the newest whose API jar, with its CRDs, Maven Central serves here)
+STRIMZI = "0.51.0"  # io.strimzi:api test jar: the v1-only CRDs (the only API that Strimzi 1.x serves)
+KUSTOMIZE = "v5.8.1"  # sigs.k8s.io/kustomize/kustomize/v5, built from the Go module proxy
+# PodMonitor/ServiceMonitor/PrometheusRule (flink-deploy/base/monitoring.yaml, observability-generated.yaml): no
+# registry artifact carries the Prometheus Operator's CRDs, so they are generated with controller-gen from the
+# operator's API module, as the operator's own build does.
+PROMETHEUS_OPERATOR = "v0.95.2"  # github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring
+CONTROLLER_TOOLS = "v0.20.1"  # sigs.k8s.io/controller-tools/cmd/controller-gen

@@ -45,20 +45,47 @@ RESTORE_FLAGS = (
 )
 
 
-def register_restore_options():
-    """Declare RESTORE_FLAGS as a PipelineOptions class (skipping any that another class already declares)."""
+def declared_flags() -> set:
+    """Option strings that the PipelineOptions classes loaded so far declare."""
     import argparse as _argparse
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    parser = _argparse.ArgumentParser(conflict_handler="resolve", add_help=False)
+    seen, stack = set(), list(PipelineOptions.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        cls._add_argparse_args(parser)
+    return set(parser._option_string_actions)
+
+
+def register_restore_options():
+    """Declare the RESTORE_FLAGS that no PipelineOptions class declares yet, as one PipelineOptions class; None
+    when every one is declared already (beam_pipelines/options.py declares them all today).
+
+    The project's options are imported first: Beam builds one parser from every PipelineOptions subclass when it
+    serializes options (each external transform's expansion does), and a flag declared by two classes fails
+    there with `argparse.ArgumentError: conflicting option string`."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    try:
+        import beam_pipelines.options  # noqa: F401 - the project's own declarations win
+    except ImportError:  # flinkctl used without the project on the path
+        pass
+    declared = declared_flags()
+    missing = tuple((flag, kwargs) for flag, kwargs in RESTORE_FLAGS if flag not in declared)
+    if not missing:
+        return None
+
     class FlinkRestoreOptions(PipelineOptions):
         @classmethod
         def _add_argparse_args(cls, parser):
-            for flag, kwargs in RESTORE_FLAGS:
-                try:
-                    parser.add_argument(flag, **kwargs)
-                except _argparse.ArgumentError:
-                    pass  # declared elsewhere (e.g. beam_pipelines/options.py): one declaration is enough
+            for flag, kwargs in missing:
+                parser.add_argument(flag, **kwargs)
 
     return FlinkRestoreOptions
 

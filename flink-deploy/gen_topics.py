@@ -4,8 +4,10 @@
     python flink-deploy/gen_topics.py --check    # exit 1 if kafka-topics.yaml is stale (CI)
     python flink-deploy/gen_topics.py --commands # print kafka-topics.sh commands (DO Managed Kafka, any broker)
 
-kafka-topics.yaml holds Strimzi `KafkaTopic` resources: apply them where a Strimzi Topic Operator manages the
-cluster (a Strimzi cluster, or the standalone Topic Operator pointed at DO Managed Kafka). Without Strimzi, the
+kafka-topics.yaml holds Strimzi `KafkaTopic` resources in the `kafka.strimzi.io/v1` API (served by Strimzi 0.49
+and newer, the only one Strimzi 1.x serves; flink-deploy/validate.py checks them against that CRD): apply them
+where a Strimzi Topic Operator manages the cluster (a Strimzi cluster, or the standalone Topic Operator pointed
+at DO Managed Kafka). Without Strimzi, the
 `--commands` output creates the same topics with Kafka's own CLI and a SASL_SSL client.properties.
 Every input topic has a `<topic>.dlq` twin (events.topics.all_topics).
 """
@@ -39,7 +41,7 @@ def render() -> str:
     for t in all_topics():
         docs.append(
             "---\n"
-            "apiVersion: kafka.strimzi.io/v1beta2\n"
+            "apiVersion: kafka.strimzi.io/v1\n"
             "kind: KafkaTopic\n"
             "metadata:\n"
             f"  name: {resource_name(t.name)}\n"

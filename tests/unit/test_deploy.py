@@ -227,15 +227,20 @@ def test_taskmanager_has_worker_pool_sidecar():
     assert {"containerPort": 50000, "name": "worker-pool"} in pool["ports"]
 
 
-def test_beam_services_deployment():
-    (_, dep), = [(p, d) for p, d in by_kind("Deployment") if d["metadata"]["name"] == "beam-services"]
-    cs = {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
-    js, ex = cs["job-server"]["command"], cs["expansion-service"]["command"]
-    assert "--flink-master=iheardai-flink-rest:8081" in js and "--job-port=8099" in js
-    assert "--job-host=0.0.0.0" in js
-    assert "--defaultEnvironmentType=EMBEDDED" in ex and "--experiments=use_deprecated_read" in ex
-    (_, svc), = [(p, d) for p, d in by_kind("Service") if d["metadata"]["name"] == "beam-services"]
-    assert {p["port"] for p in svc["spec"]["ports"]} == {8097, 8098, 8099}
+def test_beam_services_deployments():
+    deps = {d["metadata"]["name"]: d for _, d in by_kind("Deployment")}
+    js, = deps["beam-job-server"]["spec"]["template"]["spec"]["containers"]
+    ex, = deps["beam-expansion"]["spec"]["template"]["spec"]["containers"]
+    assert "--flink-master=iheardai-flink-rest:8081" in js["command"] and "--job-port=8099" in js["command"]
+    assert "--job-host=0.0.0.0" in js["command"]
+    assert "--defaultEnvironmentType=EMBEDDED" in ex["command"] and "--experiments=use_deprecated_read" in ex["command"]
+    services = {d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]} for _, d in by_kind("Service")}
+    assert {k: v for k, v in services.items() if k.startswith("beam-")} == {
+        "beam-job-server": {8098, 8099}, "beam-expansion": {8097}}
+    cm, = [d for _, d in by_kind("ConfigMap") if d["metadata"]["name"] == "iheardai-settings"]
+    assert cm["data"]["BEAM_JOB_ENDPOINT"] == "beam-job-server:8099"
+    assert cm["data"]["BEAM_ARTIFACT_ENDPOINT"] == "beam-job-server:8098"
+    assert cm["data"]["BEAM_EXPANSION_SERVICE"] == "beam-expansion:8097"
 
 
 def test_marketo_cronjob():
@@ -329,7 +334,7 @@ def test_every_submitted_flag_is_declared(flinkctl):
     """Beam's FlinkRunner silently drops undeclared options when it submits to a job endpoint."""
     parser = _declared_flags_parser(flinkctl)
     env = {"SAVEPOINT_PATH": "s3://iheardai-flink/savepoints/savepoint-1", "ALLOW_NON_RESTORED_STATE": "true",
-           "BEAM_ARTIFACT_ENDPOINT": "beam-services:8098"}
+           "BEAM_ARTIFACT_ENDPOINT": "beam-job-server:8098"}
     for module, (path, c) in _submit_jobs().items():
         argv = flinkctl.submit_argv(module, c["args"], env)
         _, unknown = parser.parse_known_args(argv)
@@ -364,3 +369,29 @@ def test_flinkctl_parses_submit_flags_through(flinkctl, monkeypatch):
     assert flinkctl.main(["submit", "beam_pipelines.leads", "--runner=FlinkRunner", "--job_name=x",
                           "--streaming"]) == 0
     assert calls == [("beam_pipelines.leads", ["--runner=FlinkRunner", "--job_name=x", "--streaming"])]
+
+
+_FRESH_SUBMITTER = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("flinkctl", sys.argv[1])
+flinkctl = importlib.util.module_from_spec(spec); spec.loader.exec_module(flinkctl)
+flinkctl.register_restore_options()          # what `flinkctl.py _run` does first ...
+import beam_pipelines.options                # ... then the pipeline module imports the project's options
+from apache_beam.options.pipeline_options import PipelineOptions
+opts = PipelineOptions(["--savepoint_path=s3://b/sp", "--allow_non_restored_state"])
+opts.get_all_options()                       # what every external transform's expansion does
+print(opts.get_all_options()["savepoint_path"])
+"""
+
+
+def test_flinkctl_restore_options_do_not_collide_with_the_projects(tmp_path):
+    """In a fresh submitter process, flinkctl's declarations came first and beam_pipelines/options.py declared the
+    same flags again: Beam's get_all_options() (run by every Kafka expansion) then failed with `argparse.ArgumentError:
+    conflicting option string: --savepoint_path`, so every submit Job died while building its graph."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _FRESH_SUBMITTER, str(DEPLOY / "flinkctl.py")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "s3://b/sp"

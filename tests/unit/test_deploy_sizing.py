@@ -1,0 +1,113 @@
+"""Every production pod's requests fit a node, and the whole fits three s-4vcpu-8gb nodes with headroom, with
+Flink's memory model applied to the Flink containers; the README's sizing tables are the ones computed here.
+
+    .venv/bin/pytest tests/unit/test_deploy_sizing.py
+    python flink-deploy/sizing.py            # the tables
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+DEPLOY = Path(__file__).resolve().parents[2] / "flink-deploy"
+SAMPLES = Path(__file__).resolve().parent / "flink_samples"
+MiB = 2 ** 20
+
+
+def load(name: str):
+    key = f"flink_deploy_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, DEPLOY / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[key]
+
+
+s = load("sizing")
+m = load("manifests")
+
+
+def test_the_memory_model_is_flinks():
+    """The local TaskManager (process 4096m, metaspace 1024m) as Flink 1.19.3 itself reported it over REST."""
+    real = json.loads((SAMPLES / "taskmanager_memory.json").read_text())["memoryConfiguration"]
+    ours = s.taskmanager_memory(4096 * MiB, {"taskmanager.memory.jvm-metaspace.size": "1024m"})
+    for key, value in real.items():
+        assert abs(ours[key] - value) <= 64, (key, ours[key], value)  # Flink rounds to whole bytes
+
+
+def test_the_memory_model_refuses_a_taskmanager_without_heap():
+    with pytest.raises(ValueError, match="no task heap"):
+        s.taskmanager_memory(1024 * MiB, {"taskmanager.memory.jvm-metaspace.size": "512m"})
+
+
+def test_flink_and_kubernetes_memory_units_differ():
+    assert m.flink_memory("2048m") == 2048 * MiB  # Flink: mebibytes
+    assert m.k8s_quantity("2048m") == pytest.approx(2.048)  # Kubernetes: milli-bytes
+    assert m.k8s_quantity("1536Mi") == 1536 * MiB and m.k8s_quantity("250m") == 0.25
+
+
+def test_the_flink_pods_get_what_the_flinkdeployment_asks():
+    tm = s.demand(m.pod("iheardai-flink-taskmanager"))
+    fd, = m.by_kind("FlinkDeployment")
+    main = next(c for c in tm.containers if c[0] == "flink-main-container")
+    assert main[2] == m.flink_memory(fd["spec"]["taskManager"]["resource"]["memory"])
+    assert main[3] == fd["spec"]["taskManager"]["resource"]["cpu"] * 2  # kubernetes.taskmanager.cpu.limit-factor
+    assert m.pod("iheardai-flink-taskmanager").replicas == 3  # 8 slots / 3 per TaskManager
+
+
+def test_every_pod_fits_and_the_steady_state_has_headroom():
+    r = s.report()
+    assert not r.problems, "\n".join(r.problems)
+    assert r.ffd is not None and all(n.used_mem <= n.mem * r.model.headroom for n in r.ffd)
+
+
+def test_readme_shows_the_computed_tables():
+    assert s.readme_block(s.README.read_text()) == s.tables(s.report()), \
+        "flink-deploy/README.md sizing tables are stale: run `python flink-deploy/sizing.py --write`"
+
+
+def test_the_sizing_check_fails_when_a_pod_grows(monkeypatch):
+    """The issue's original sizing (a 5.5 GiB TaskManager pod, 4 slots) must not pass."""
+    real = m.pods
+
+    def bigger():
+        pods = copy.deepcopy(real())
+        for p in pods:
+            if p.name == "iheardai-flink-taskmanager":
+                for c in p.spec["containers"]:
+                    c["resources"] = {"requests": {"cpu": 1, "memory": "3584Mi"},
+                                      "limits": {"cpu": 2, "memory": "3584Mi"}}
+        return pods
+
+    monkeypatch.setattr(m, "pods", bigger)
+    problems = s.report().problems
+    assert any("more than one node offers" in p for p in problems), problems
+    assert any("does not pack" in p or "find no node" in p for p in problems), problems
+
+
+def test_the_sizing_check_fails_on_overcommitted_memory(monkeypatch):
+    real = m.pods
+
+    def overcommitted():
+        pods = copy.deepcopy(real())
+        for p in pods:
+            if p.name == "beam-expansion":
+                p.spec["containers"][0]["resources"]["requests"]["memory"] = "512Mi"
+        return pods
+
+    monkeypatch.setattr(m, "pods", overcommitted)
+    assert any("memory limit" in p for p in s.report().problems)
+
+
+def test_smaller_nodes_fail():
+    problems = s.report(s.NodeModel(allocatable_mem=5 * 1024 * MiB)).problems
+    assert problems
