@@ -11,14 +11,13 @@ and DLQ write there (read-only; nothing is submitted, no broker is contacted). S
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from tests.deploy_helpers import load
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +26,6 @@ DEPLOY = REPO / "flink-deploy"
 EXPANSION = "localhost:8097"
 
 
-def load(name: str):
-    key = f"flink_deploy_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, DEPLOY / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
 
 
 ic = load("image_check")

@@ -8,13 +8,13 @@ the call fails (an unknown method answers grpc-status 12), so it cannot pass by 
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.deploy_helpers import load
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "flink-deploy"
 
 
-def load(name: str):
-    key = f"flink_deploy_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, DEPLOY / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
 
 
 m = load("manifests")

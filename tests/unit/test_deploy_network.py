@@ -14,13 +14,13 @@ follows.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Set, Tuple
 
 import pytest
+from tests.deploy_helpers import load
 
 pytestmark = pytest.mark.unit
 
@@ -28,14 +28,6 @@ DEPLOY = Path(__file__).resolve().parents[2] / "flink-deploy"
 NS = "iheardai-streaming"
 
 
-def load(name: str):
-    key = f"flink_deploy_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, DEPLOY / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
 
 
 m = load("manifests")

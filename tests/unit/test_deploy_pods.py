@@ -11,16 +11,15 @@ pods as the operator builds them from the FlinkDeployment.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from devstack import versions
+from tests.deploy_helpers import load
 
 pytestmark = pytest.mark.unit
 
@@ -31,14 +30,6 @@ BEAM_JAR = f"/opt/beam/beam-services-{versions.BEAM}-flink-{versions.FLINK_MINOR
 REGISTRY_SECRET = "registry-iheardai"
 
 
-def load(name: str):
-    key = f"flink_deploy_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, DEPLOY / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
 
 
 m = load("manifests")

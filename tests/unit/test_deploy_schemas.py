@@ -12,27 +12,18 @@ seconds. Nothing talks to a cluster.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from devstack import versions
+from tests.deploy_helpers import load
 
 pytestmark = pytest.mark.unit
 
 DEPLOY = Path(__file__).resolve().parents[2] / "flink-deploy"
 
 
-def load(name: str):
-    key = f"flink_deploy_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, DEPLOY / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
 
 
 v = load("validate")

@@ -8,12 +8,11 @@ Flink's memory model applied to the Flink containers; the README's sizing tables
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from tests.deploy_helpers import load
 
 pytestmark = pytest.mark.unit
 
@@ -22,14 +21,6 @@ SAMPLES = Path(__file__).resolve().parent / "flink_samples"
 MiB = 2 ** 20
 
 
-def load(name: str):
-    key = f"flink_deploy_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, DEPLOY / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
 
 
 s = load("sizing")
