@@ -96,15 +96,17 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     # Each pipeline starts the way the README starts it: `python -m beam_pipelines.<name> --runner=FlinkRunner`,
     # here with --no_wait_until_finish (the command returns once its job is RUNNING and healthy, or fails with
-    # the job's root cause). All five at once.
-    procs = {name: subprocess.Popen(
-        [sys.executable, "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner", "--no_wait_until_finish",
-         f"--job_name={PREFIX}{name}", f"--consumer_group={PREFIX}{name}", "--start_from=latest",
-         "--parallelism=1", "--health_period_seconds=15", "--archive_late_firing_delay_seconds=10"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in PIPELINES}
+    # the job's root cause). One after another: the local expansion service streams its ~200 MB jar to every
+    # expansion, and concurrent first expansions fail there (direct buffer memory, and a race in KafkaIO's row
+    # schema inference: "Cannot convert between types that don't have equivalent schemas").
     failed = []
-    for name, proc in procs.items():
-        out, _ = proc.communicate()
+    for name in PIPELINES:
+        proc = subprocess.run(
+            [sys.executable, "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner", "--no_wait_until_finish",
+             f"--job_name={PREFIX}{name}", f"--consumer_group={PREFIX}{name}", "--start_from=latest",
+             "--parallelism=1", "--health_period_seconds=15", "--archive_late_firing_delay_seconds=10"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = proc.stdout
         if proc.returncode == 0:
             print(f"started {name}: {out.strip().splitlines()[-1] if out.strip() else 'RUNNING'}")
         else:
