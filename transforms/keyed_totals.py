@@ -94,13 +94,15 @@ class Slotted:
     def __setstate__(self, values):
         for s, v in zip(self.__slots__, values):
             setattr(self, s, v)
+        for s in self.__slots__[len(values):]:  # state written before a slot was added
+            setattr(self, s, None)
 
 
 class _KeyState(Slotted):
     """The state of one key: its totals, the ids it has counted recently, and its timers' bookkeeping."""
 
     __slots__ = ("totals", "seen", "items", "final", "dirty", "early_pending", "wm_ms", "prune_at_ms",
-                 "expire_at_ms")
+                 "expire_at_ms", "close_at_ms")
 
     def __init__(self, totals):
         self.totals = totals  # None once released: a tombstone that still knows how far the watermark is
@@ -112,6 +114,7 @@ class _KeyState(Slotted):
         self.wm_ms = _MIN_MS  # the highest event-time timer that fired for this key: the watermark is past it
         self.prune_at_ms: Optional[int] = None
         self.expire_at_ms: Optional[int] = None
+        self.close_at_ms: Optional[int] = None  # when the close timer is set to fire (None: not set)
 
 
 
@@ -179,7 +182,13 @@ class _KeyedTotalsFn(beam.DoFn):
         final_at = agg.final_at_ms(key, s.totals)
         if s.final and final_at != final_before:
             s.final = False  # the key came back to life (a session resumed before its state was released)
-        close.set(_ts(agg.release_at_ms(key, s.totals) if s.final else final_at))
+        # The close timer only ever moves earlier here: a session's final time grows with every turn, and
+        # re-setting the timer per item cost a timer message to the runner per item. A timer that fires
+        # before the key's current final time re-arms itself there (on_close).
+        target = agg.release_at_ms(key, s.totals) if s.final else final_at
+        if s.close_at_ms is None or target < s.close_at_ms:
+            s.close_at_ms = target
+            close.set(_ts(target))
         if s.prune_at_ms is None or ts + self._late_ms + self._prune_slack_ms < s.prune_at_ms:
             s.prune_at_ms = ts + self._late_ms + self._prune_slack_ms
             prune.set(_ts(s.prune_at_ms))
@@ -230,6 +239,7 @@ class _KeyedTotalsFn(beam.DoFn):
         if s is None:
             return
         s.wm_ms = max(s.wm_ms, t)
+        s.close_at_ms = None  # fired; every branch below that sets it again records when
         agg = self._agg
         if s.totals is None:  # a tombstone
             if t >= s.expire_at_ms:
@@ -237,12 +247,14 @@ class _KeyedTotalsFn(beam.DoFn):
                 early.clear()
                 prune.clear()
             else:
+                s.close_at_ms = s.expire_at_ms
                 close.set(_ts(s.expire_at_ms))
                 state.write(s)
             return
         if not s.final:
             final_at = agg.final_at_ms(key, s.totals)
             if t < final_at:  # moved on since the timer was set
+                s.close_at_ms = final_at
                 close.set(_ts(final_at))
                 state.write(s)
                 return
@@ -259,9 +271,11 @@ class _KeyedTotalsFn(beam.DoFn):
             s.totals, s.seen, s.items, s.final, s.dirty, s.prune_at_ms = None, {}, 0, False, False, None
             s.expire_at_ms = t + max(self._late_ms, 1_000)
             prune.clear()
+            s.close_at_ms = s.expire_at_ms
             close.set(_ts(s.expire_at_ms))
             state.write(s)
             return
+        s.close_at_ms = release_at
         close.set(_ts(release_at))
         state.write(s)
 
