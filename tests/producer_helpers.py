@@ -72,6 +72,25 @@ def read_records(topic: str, bootstrap: str, start: Dict[int, int], want: Callab
     return out
 
 
+def read_to_end(topic: str, bootstrap: str, start: Dict[int, int], timeout_s: float = 30
+                ) -> List[Tuple[int, int, Optional[bytes], dict]]:
+    """(partition, offset, key, value) of every record from `start` up to the end offsets as of now."""
+    end = end_offsets(topic, bootstrap)
+    todo = {p: o for p, o in end.items() if o > start.get(p, 0)}
+    if not todo:
+        return []
+    done = set()
+    return read_records(topic, bootstrap, {p: start.get(p, 0) for p in todo},
+                        lambda r: _track_end(r, todo, done), timeout_s)
+
+
+def _track_end(records, end: Dict[int, int], done: set) -> bool:
+    for part, off, _, _ in records[-500:]:  # the last consume() batch at most
+        if off >= end[part] - 1:
+            done.add(part)
+    return done >= set(end)
+
+
 # --- a throwaway KRaft broker (the shared one is never stopped) ---------------------------------------
 
 class ThrowawayKafka:
