@@ -19,6 +19,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 
+from tests.e2e.flink_helpers import end_offsets, poll  # noqa: E402,F401 - end_offsets: for the producer tests
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -27,31 +29,11 @@ def free_port() -> int:
 
 
 def wait_for(check: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    last: Optional[BaseException] = None
-    while time.monotonic() < deadline:
-        try:
-            got = check()
-            if got:
-                return got
-        except Exception as e:  # noqa: BLE001 - retried until the deadline, reported then
-            last = e
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
+    """flink_helpers.poll, checking every 0.2 s."""
+    return poll(check, timeout_s, what, interval_s)
 
 
 # --- reading topics back ---------------------------------------------------------------------------------
-
-def end_offsets(topic: str, bootstrap: str) -> Dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "producer-tests", "enable.auto.commit": False})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-    finally:
-        c.close()
-
 
 def read_records(topic: str, bootstrap: str, start: Dict[int, int], want: Callable[[list], bool],
                  timeout_s: float = 30) -> List[Tuple[int, int, Optional[bytes], dict]]:
