@@ -36,6 +36,7 @@ PORTS = {
     "postgres-exporter": 9187,
     "redis-exporter": 9121,
     "status": 8000,
+    "collector": 8001,
 }
 
 

@@ -16,13 +16,15 @@ from typing import List, Optional
 
 from devstack.config import DATA, DOWNLOADS, ENV_FILE, LOGS, RUN, ensure_env_file, load_env_file
 from devstack.process import StackError, log, pid_alive, port_open, read_pid, wait_until
-from devstack.services import Service, beam_services, flink, kafka, monitoring, postgres, redis, s3, worker_pool
+from devstack.services import (Service, beam_services, collector, flink, kafka, monitoring, postgres, redis, s3,
+                               worker_pool)
 
 SERVICES: List[Service] = [
     postgres.SERVICE,
     redis.SERVICE,
     s3.SERVICE,
     kafka.SERVICE,
+    collector.SERVICE,
     flink.SERVICE,
     worker_pool.SERVICE,
     beam_services.EXPANSION_SERVICE,

@@ -160,9 +160,18 @@ def operator_demand() -> Demand:
                   [("flink-kubernetes-operator", cpu, mem, cpu_l, mem_l)])
 
 
+NODE_POOL_KEY = "doks.digitalocean.com/node-pool"
+
+
+def own_pool(pod) -> Optional[str]:
+    """The node pool a pod is pinned to (nodeSelector), if any: such pods (the analytics collector, scaled by its
+    HorizontalPodAutoscaler on the `iheardai-edge` pool) do not land on the pipeline nodes sized here."""
+    return (pod.spec.get("nodeSelector") or {}).get(NODE_POOL_KEY)
+
+
 def all_demands() -> List[Tuple[Demand, int]]:
-    """(demand, replicas) of the operator and every pod of the manifests."""
-    return [(operator_demand(), 1)] + [(demand(p), p.replicas) for p in m.pods()]
+    """(demand, replicas) of the operator and every pod of the manifests that runs on the pipeline nodes."""
+    return [(operator_demand(), 1)] + [(demand(p), p.replicas) for p in m.pods() if own_pool(p) is None]
 
 
 # --- placement -------------------------------------------------------------------------------------------

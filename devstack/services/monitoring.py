@@ -31,6 +31,7 @@ SCRAPE_TARGETS = {
     "postgres": [PORTS["postgres-exporter"]],
     "redis": [PORTS["redis-exporter"]],
     "status": [PORTS["status"]],
+    "collector": [PORTS["collector"]],
 }
 
 

@@ -49,6 +49,7 @@ ENDPOINTS: Dict[str, Tuple[str, Dict[str, str]]] = {
     **{f"submit-{p}": (NS, _pod_labels(f"submit-{p}")) for p in ("kpi", "frontend", "billing", "archive", "leads")},
     "migrate": (NS, _pod_labels("sql-migrate")),
     "status": (NS, _pod_labels("iheardai-status")),
+    "collector": (NS, _pod_labels("iheardai-collector")),
     "extractor": (NS, _pod_labels("marketo-extractor")),
     "flinkctl": (NS, {"app.kubernetes.io/component": "flinkctl", "run": "flinkctl-1"}),
     "operator": ("flink-operator", {"app.kubernetes.io/name": "flink-kubernetes-operator"}),
@@ -84,6 +85,7 @@ def needed() -> Set[Tuple[str, str, int]]:
     prom = int(conf["metrics.reporter.prom.port"])
     assert {e.get("targetPort") for e in m.named("PodMonitor", "iheardai-flink")["spec"]["podMetricsEndpoints"]} == {prom}
     status = next(p["containerPort"] for p in m.pod("iheardai-status").container("status")["ports"])
+    collector = next(p["containerPort"] for p in m.pod("iheardai-collector").container("collector")["ports"])
     out = {
         ("taskmanager", "jobmanager", jm_rpc), ("taskmanager", "jobmanager", blob),
         ("jobmanager", "taskmanager", tm_rpc), ("jobmanager", "taskmanager", metrics),
@@ -99,6 +101,7 @@ def needed() -> Set[Tuple[str, str, int]]:
         ("status", EXTERNAL, redis), ("status", EXTERNAL, https),
         ("prometheus", "jobmanager", prom), ("prometheus", "taskmanager", prom),
         ("prometheus", "status", status), ("alertmanager", "status", status),
+        ("prometheus", "collector", collector), ("collector", EXTERNAL, kafka),
     }
     for p in ("kpi", "frontend", "billing", "archive", "leads"):
         s = f"submit-{p}"
