@@ -359,3 +359,18 @@ def test_key_commands_rotate_a_ring_file(tmp_path, monkeypatch):
     assert _run(["remove-key", "--file", str(path), "--kid", "k1"])[0] == 0
     assert _run(["decrypt", "--field", NAME_CTX], moved) == (0, "Jane\n", "")
     assert _run(["decrypt", "--field", NAME_CTX], old + "\n")[0] == 1
+
+
+def test_log_redaction_knows_each_key_of_a_ring(tmp_path, ring):
+    import logging
+
+    from events.logs import RedactSecrets, secret_values
+
+    path = tmp_path / "ring.json"
+    fc.write_ring_file(ring, path)
+    b64 = json.loads(ring.to_json())["keys"]["k1"]
+    assert b64 in secret_values({fc.KEYS_FILE_ENV: str(path)})
+    assert b64 in secret_values({fc.KEYS_ENV: ring.to_json()})
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "loaded key %s", (b64,), None)
+    RedactSecrets(secret_values({fc.KEYS_FILE_ENV: str(path)})).filter(record)
+    assert b64 not in record.getMessage() and "<redacted>" in record.getMessage()
