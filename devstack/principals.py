@@ -42,9 +42,9 @@ SINK_TABLES = ("agent_turns", "session_kpis", "frontend_analytics", "frontend_se
                "marketo_leads", "marketo_sync_state")
 # The commands the KPI sink sends (io_connectors/redis_state.py: a Lua guard script; scripts are checked too).
 REDIS_KPI_COMMANDS = ("ping", "evalsha", "eval", "script|load", "script|exists", "hget", "hset", "hmget", "hgetall",
-                      "sadd", "expire", "client|setname", "client|setinfo")
+                      "sadd", "expire", "client|setname")  # redis-py tries CLIENT SETINFO (7.2+) and ignores a refusal
 REDIS_MONITOR_COMMANDS = ("ping", "info", "config|get", "client|list", "slowlog|get", "latency|latest",
-                          "memory|stats", "client|setname", "client|setinfo")
+                          "memory|stats", "client|setname")
 BROKER_CERT_PRINCIPAL = "User:CN=kafka,O=iheardAI local stack"
 
 
