@@ -41,10 +41,10 @@ PORTS = {
 }
 
 
-def load_env_file() -> dict:
+def load_env_file(path: Path = ENV_FILE) -> dict:
     env = {}
-    if ENV_FILE.exists():
-        for line in ENV_FILE.read_text().splitlines():
+    if path.exists():
+        for line in path.read_text().splitlines():
             if "=" in line and not line.startswith("#"):
                 k, v = line.split("=", 1)
                 env[k.strip()] = v.strip()

@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Sequence
 
 from devstack import principals as pr
+from devstack.services.kafka import single_node_properties
 
 MECHANISM = "SCRAM-SHA-512"
 ITERATIONS = 8192
 
 
 def broker_properties(port: int, controller_port: int, data_dir: Path, keystore: Path, ca_cert: Path,
-                      admin_password: str, super_users: Sequence[str], node_id: int = 1) -> str:
+                      admin_password: str, super_users: Sequence[str], node_id: int = 1, partitions: int = 3,
+                      offsets_partitions: int = 10) -> str:
     jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" '
             f'password="{admin_password}";')
     return "\n".join([
@@ -51,16 +53,7 @@ def broker_properties(port: int, controller_port: int, data_dir: Path, keystore:
         "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "super.users=" + ";".join(super_users),
         "allow.everyone.if.no.acl.found=false",
-        f"log.dirs={data_dir}",
-        "num.partitions=1",
-        "offsets.topic.replication.factor=1",
-        "offsets.topic.num.partitions=3",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "auto.create.topics.enable=false",
+        *single_node_properties(data_dir, partitions, offsets_partitions),
         "",
     ])
 

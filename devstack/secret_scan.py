@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from devstack.config import load_env_file
+
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY$|_KEYS$|HMAC_KEY|ACCESS_KEY|SECRET_KEY)", re.I)
 MIN_LEN = 8  # shorter values would match ordinary text
 # Settings of this process that belong to the project (other variables of the user's shell are not ours).
@@ -67,18 +69,6 @@ class Finding:
 
 # --- the secrets ----------------------------------------------------------------------------------------------
 
-def _read_env_file(path: Path) -> Dict[str, str]:
-    env: Dict[str, str] = {}
-    try:
-        for line in path.read_text().splitlines():
-            if "=" in line and not line.lstrip().startswith("#"):
-                k, v = line.split("=", 1)
-                env[k.strip()] = v.strip()
-    except OSError:
-        pass
-    return env
-
-
 def _file_secrets(name: str, path: Path) -> List[Secret]:
     try:
         text = path.read_text().strip()
@@ -105,7 +95,7 @@ def _pem_body(path: Path) -> Optional[str]:
 def collect_secrets(home: Path, environ: Mapping[str, str]) -> List[Secret]:
     """Every generated secret of the stack at `home` and in `environ` (deduplicated by value)."""
     home = Path(home)
-    settings = {**_read_env_file(home / "devstack.env"),
+    settings = {**load_env_file(home / "devstack.env"),
                 **{k: v for k, v in environ.items() if k.startswith(PROJECT_PREFIXES)}}
     found: List[Secret] = []
     for name, value in sorted(settings.items()):
@@ -299,13 +289,25 @@ def report(findings: Sequence[Finding], secrets: Sequence[Secret], covered: Sequ
     return "\n".join(lines)
 
 
+def _dlq_topics() -> List[str]:
+    from events.topics import TOPICS
+
+    return [t.dlq for t in TOPICS]
+
+
+def _kafka_conf() -> Dict[str, str]:
+    from io_connectors.settings import KafkaSettings
+
+    return {**KafkaSettings.from_env().librdkafka_config(), "log_level": 0}
+
+
 def run(home: Path, environ: Mapping[str, str], paths: Sequence[Path], kafka: bool = True, flink: bool = True,
         prometheus: bool = True, get: Callable[[str], bytes] = _http_get
         ) -> Tuple[List[Finding], List[Secret], List[str], List[str]]:
     """(findings with the allowlist applied, the secrets, what was covered, what could not be read)."""
     secrets = collect_secrets(home, environ)
     matcher = Matcher(secrets)
-    settings = {**_read_env_file(Path(home) / "devstack.env"), **environ}
+    settings = {**load_env_file(Path(home) / "devstack.env"), **environ}
     findings: List[Finding] = []
     covered, unreadable = [], []
     logs = Path(home) / "logs"
@@ -314,35 +316,23 @@ def run(home: Path, environ: Mapping[str, str], paths: Sequence[Path], kafka: bo
     if paths:
         findings += scan_paths(paths, matcher, "file")
         covered.append(f"{len(paths)} path(s) given: " + ", ".join(map(str, paths)))
+    places: List[Tuple[str, str, Callable[[], List[Tuple[str, bytes]]]]] = []
     if kafka:
-        from events.topics import TOPICS
-
-        dlqs = [t.dlq for t in TOPICS]
-        try:
-            from io_connectors.settings import KafkaSettings
-
-            conf = {**KafkaSettings.from_env().librdkafka_config(), "log_level": 0}
-            recs = list(dlq_records(conf, dlqs))
-            findings += scan_records(recs, matcher, "dlq")
-            covered.append(f"{len(recs)} dead letters in {len(dlqs)} DLQ topics")
-        except Exception as e:  # noqa: BLE001 - named in the report, exit status 2
-            unreadable.append(f"Kafka DLQs ({type(e).__name__}: {e})")
+        places.append(("dlq", "Kafka dead-letter topics", lambda: list(dlq_records(_kafka_conf(), _dlq_topics()))))
     if flink:
         url = settings.get("FLINK_REST_URL", "http://localhost:8081")
-        try:
-            recs = list(flink_records(url, get))
-            findings += scan_records(recs, matcher, "flink")
-            covered.append(f"Flink REST {url}: {len(recs)} responses ({(len(recs) - 1) // 3} jobs)")
-        except Exception as e:  # noqa: BLE001
-            unreadable.append(f"Flink REST {url} ({type(e).__name__}: {e})")
+        places.append(("flink", f"Flink REST {url}", lambda: list(flink_records(url, get))))
     if prometheus:
-        url = settings.get("PROMETHEUS_URL", "http://localhost:9090")
+        prom = settings.get("PROMETHEUS_URL", "http://localhost:9090")
+        places.append(("prometheus", f"Prometheus {prom} label values", lambda: list(prometheus_records(prom, get))))
+    for source, label, read in places:
         try:
-            recs = list(prometheus_records(url, get))
-            findings += scan_records(recs, matcher, "prometheus")
-            covered.append(f"Prometheus {url}: values of {len(recs)} labels")
-        except Exception as e:  # noqa: BLE001
-            unreadable.append(f"Prometheus {url} ({type(e).__name__}: {e})")
+            recs = read()
+        except Exception as e:  # noqa: BLE001 - named in the report, exit status 2
+            unreadable.append(f"{label} ({type(e).__name__}: {e})")
+            continue
+        findings += scan_records(recs, matcher, source)
+        covered.append(f"{label}: {len(recs)} records")
     return apply_allowlist(findings, load_allowlist()), secrets, covered, unreadable
 
 

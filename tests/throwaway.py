@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Callable, Iterator, List, Tuple
 
 
 def free_port() -> int:
@@ -30,6 +30,36 @@ def _pg_bin() -> Path:
 
 def _as_pg_user(cmd: List) -> List[str]:
     return ["runuser", "-u", "postgres", "--", *map(str, cmd)] if os.geteuid() == 0 else list(map(str, cmd))
+
+
+def wait_ready(ready: Callable[[], bool], proc: subprocess.Popen, what: str, timeout_s: float = 60,
+               log: Callable[[], str] = lambda: "") -> None:
+    """Poll `ready()` until true; RuntimeError (with `log()`) if the process exits or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the throwaway {what} did not start {log()}")
+        time.sleep(0.3)
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def ready_if(check: Callable[[], object], errors: Tuple[type, ...] = (Exception,)) -> Callable[[], bool]:
+    """A readiness probe from a call that raises while the service is not up."""
+    def probe() -> bool:
+        try:
+            check()
+        except errors:
+            return False
+        return True
+    return probe
 
 
 @contextlib.contextmanager
@@ -54,17 +84,9 @@ def throwaway_postgres(password: str = "throwaway-pw-1") -> Iterator[dict]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kwargs = dict(host="127.0.0.1", port=port, dbname="postgres", user="t", password=password)
     try:
-        deadline = time.monotonic() + 30
-        while subprocess.call([bindir / "pg_isready", "-h", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL) != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the throwaway Postgres did not start")
-            time.sleep(0.2)
+        wait_ready(lambda: subprocess.call([bindir / "pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                                           stdout=subprocess.DEVNULL) == 0, proc, "Postgres", 30)
         yield kwargs
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         shutil.rmtree(root, ignore_errors=True)

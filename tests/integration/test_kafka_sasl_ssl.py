@@ -23,7 +23,7 @@ from devstack import kafka_security as ks
 from devstack import principals as pr
 from devstack import tls
 from events import topics
-from tests.throwaway import free_port
+from tests.throwaway import free_port, ready_if, stop, wait_ready
 
 pytestmark = pytest.mark.integration
 KPI_IN, FRONTEND, BILLING = topics.TURNS, topics.FRONTEND_INTERACTION, topics.BILLING
@@ -76,17 +76,8 @@ def broker():
 
     admin_conf = ks.client_config(port, t.ca_cert, "admin", passwords["admin"])
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                AdminClient(admin_conf).list_topics(timeout=3)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the throwaway broker did not start: "
-                                       + (root / "broker.log").read_text()[-2000:]
-                                       + (root / "broker.stderr").read_text()[-2000:])
-                time.sleep(1)
+        wait_ready(ready_if(lambda: AdminClient({**admin_conf, "log_level": 0}).list_topics(timeout=3)), proc,
+                   "broker", 60, lambda: "".join(p.read_text()[-2000:] for p in root.glob("broker.*")))
         admin = AdminClient(admin_conf)
         names = (KPI_IN, topics.dlq_topic(KPI_IN), FRONTEND, BILLING)
         for fut in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
@@ -94,11 +85,7 @@ def broker():
         ks.apply_principals(admin_conf, passwords, ps)
         yield {"port": port, "ca": t.ca_cert, "passwords": passwords, "root": root}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from devstack import principals as pr
 from devstack import tls
 from io_connectors.redis_state import SessionStateWriter
 from io_connectors.settings import RedisSettings
-from tests.throwaway import free_port
+from tests.throwaway import free_port, ready_if, stop, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -41,20 +40,13 @@ def server():
                              "--tls-auth-clients", "no", "--aclfile", str(acl), "--save", "", "--appendonly", "no",
                              "--dir", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                redis.Redis(host="localhost", port=port, username="admin", password=passwords["admin"], ssl=True,
-                            ssl_ca_certs=str(t.ca_cert)).ping()
-                break
-            except redis.RedisError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the throwaway redis-server did not start")
-                time.sleep(0.2)
+        wait_ready(ready_if(lambda: redis.Redis(host="localhost", port=port, username="admin",
+                                                password=passwords["admin"], ssl=True,
+                                                ssl_ca_certs=str(t.ca_cert)).ping(), (redis.RedisError,)),
+                   proc, "redis-server", 20)
         yield {"port": port, "ca": str(t.ca_cert), "passwords": passwords}
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
