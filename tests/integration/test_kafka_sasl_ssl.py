@@ -9,7 +9,6 @@ frontend.* or write billing.usage.metered, nor use another pipeline's consumer g
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import shutil
 import subprocess
