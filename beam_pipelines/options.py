@@ -272,14 +272,17 @@ def _check_launcher_options(opts: PipelineOptions) -> None:
 
 
 def _export_local_secrets() -> None:
-    """On the local stack, make the PII key visible to this process the way a pod's Secret would."""
+    """On the local stack, make the PII key and the field key ring visible to this process the way a pod's
+    Secret would (the value or the `_FILE` setting, whichever the settings file has)."""
     import os
 
-    for name in ("PII_HMAC_KEY",):
+    for name in ("PII_HMAC_KEY", "IHEARDAI_FIELD_KEYS"):
         if name not in os.environ and f"{name}_FILE" not in os.environ:
-            value = settings.get(name)
-            if value:
-                os.environ[name] = value
+            for setting in (name, f"{name}_FILE"):
+                value = settings.get(setting)
+                if value:
+                    os.environ[setting] = value
+                    break
 
 
 def consumer_config(opts: PipelineOptions) -> dict:

@@ -15,6 +15,8 @@ DATA = HOME / "data"
 RUN = HOME / "run"
 LOGS = HOME / "logs"
 ENV_FILE = HOME / "devstack.env"
+SECRETS = HOME / "secrets"  # generated key material and passwords, 0700 directory, 0600 files
+FIELD_KEYS_FILE = SECRETS / "field-keys.json"
 
 PORTS = {
     "postgres": 5432,
@@ -40,10 +42,10 @@ PORTS = {
 }
 
 
-def load_env_file() -> dict:
+def load_env_file(path: Path = ENV_FILE) -> dict:
     env = {}
-    if ENV_FILE.exists():
-        for line in ENV_FILE.read_text().splitlines():
+    if path.exists():
+        for line in path.read_text().splitlines():
             if "=" in line and not line.startswith("#"):
                 k, v = line.split("=", 1)
                 env[k.strip()] = v.strip()
@@ -70,6 +72,7 @@ def ensure_env_file() -> dict:
         "SPACES_ACCESS_KEY": "dev" + secrets.token_hex(8),
         "SPACES_SECRET_KEY": secrets.token_urlsafe(24),
         "PII_HMAC_KEY": secrets.token_hex(32),
+        "IHEARDAI_FIELD_KEYS_FILE": str(FIELD_KEYS_FILE),  # the AES-256-GCM key ring (transforms/field_crypto.py)
         "FLINK_REST_URL": f"http://localhost:{PORTS['flink']}",
         "BEAM_JOB_ENDPOINT": f"localhost:{PORTS['job-server']}",
         "BEAM_EXPANSION_SERVICE": f"localhost:{PORTS['expansion-service']}",
@@ -85,4 +88,14 @@ def ensure_env_file() -> dict:
         ENV_FILE.write_text("# written by `python -m devstack up`; local credentials only\n"
                             + "".join(f"{k}={v}\n" for k, v in env.items()))
         os.chmod(ENV_FILE, 0o600)
+    _ensure_secrets_dir()
+    from transforms.field_crypto import ensure_ring_file
+
+    ensure_ring_file(Path(env["IHEARDAI_FIELD_KEYS_FILE"]))  # created once; rotate with `field_crypto add-key`
     return env
+
+
+def _ensure_secrets_dir() -> Path:
+    SECRETS.mkdir(parents=True, exist_ok=True)
+    os.chmod(SECRETS, 0o700)
+    return SECRETS

@@ -17,7 +17,7 @@ from typing import Iterable, List, Mapping, Optional
 
 from pythonjsonlogger.json import JsonFormatter
 
-SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|HMAC_KEY|ACCESS_KEY|SECRET_KEY|CLIENT_SECRET)", re.I)
+SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|HMAC_KEY|ACCESS_KEY|SECRET_KEY|CLIENT_SECRET|FIELD_KEYS)", re.I)
 MIN_SECRET_LEN = 6  # shorter values would redact ordinary words
 
 
@@ -38,7 +38,21 @@ def secret_values(environ: Optional[Mapping[str, str]] = None) -> List[str]:
                 continue
         if value and len(value) >= MIN_SECRET_LEN:
             out.append(value)
+            out += _ring_keys(value)
     return sorted(set(out), key=len, reverse=True)
+
+
+def _ring_keys(value: str) -> List[str]:
+    """The keys of a field key ring (transforms/field_crypto.py JSON), each of which must be redacted alone."""
+    if not value.lstrip().startswith("{"):
+        return []
+    import json
+
+    try:
+        keys = json.loads(value).get("keys")
+    except (ValueError, AttributeError):
+        return []
+    return [str(k) for k in keys.values() if len(str(k)) >= MIN_SECRET_LEN] if isinstance(keys, dict) else []
 
 
 class RedactSecrets(logging.Filter):

@@ -52,7 +52,9 @@ OUR_PACKAGES = ("beam_pipelines", "transforms", "io_connectors", "events", "sql"
                 "devstack", "benchmarks")  # ("tests" is also the name of a package some wheel installs)
 
 # Placeholder file contents by secret key (never real values; long enough to pass the code's own checks).
-PLACEHOLDER = {"hmac-key": "0123456789abcdef" * 4, "ca.crt": "-----BEGIN CERTIFICATE-----\nMIIB\n"
+PLACEHOLDER = {"hmac-key": "0123456789abcdef" * 4,
+               "field-keys": '{"active": "k0", "keys": {"k0": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}}',
+               "ca.crt": "-----BEGIN CERTIFICATE-----\nMIIB\n"
                "-----END CERTIFICATE-----\n", "username": "placeholder-user"}
 
 _CHILD = r"""

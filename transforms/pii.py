@@ -11,7 +11,10 @@ registry as `schwifty` ships it, length and mod-97 checksum; an IBAN-shaped run 
 left whole, never cut into cards or phones). Person names are
 replaced where a field is known to hold one. Each finding becomes a token such as `<EMAIL>`; identifier fields
 that must stay joinable get a keyed pseudonym (HMAC-SHA256; key from `PII_HMAC_KEY` or the file named by
-`PII_HMAC_KEY_FILE`, never logged or pickled into the pipeline graph).
+`PII_HMAC_KEY_FILE`, never logged or pickled into the pipeline graph). Fields whose value the business needs
+back get `encrypt` (AES-256-GCM envelope with a key id, bound to its topic and field) or `encrypt_email` (the
+same, the domain left readable): `transforms/field_crypto.py`, keys from `IHEARDAI_FIELD_KEYS_FILE` or
+`IHEARDAI_FIELD_KEYS`, decrypted by `python -m transforms.field_crypto decrypt` for authorized users.
 
 The per-field policy lives in `config/pii_policy.json` (or the file named by `PII_POLICY_FILE`); it is read
 and checked when the pipeline is built. It fails closed: every topic a pipeline redacts needs an entry
@@ -44,13 +47,17 @@ from pydantic import BaseModel
 
 from events.contracts import EventModel
 from events.topics import CONTRACTS
+from transforms.field_crypto import KEYS_ENV as FIELD_KEYS_ENV, KEYS_FILE_ENV as FIELD_KEYS_FILE_ENV
+from transforms.field_crypto import FieldCipher, KeyRing, context as field_context, load_key_ring
 from events.metrics import step_namespace
 from events.dead_letters import DeadLetter, ErrorKind, Tags
 
 EMAIL, PHONE, IP, CARD, SSN, IBAN, PERSON = "email", "phone", "ip_address", "credit_card", "us_ssn", "iban", "person"
 KINDS = (EMAIL, PHONE, IP, CARD, SSN, IBAN, PERSON)
 TOKENS = {k: f"<{k.upper()}>" for k in KINDS}
-ACTIONS = ("keep", "scan", "url", "person", "phone", "pseudonymize", "pseudonymize_email", "field_changes", "drop")
+ACTIONS = ("keep", "scan", "url", "person", "phone", "pseudonymize", "pseudonymize_email", "encrypt", "encrypt_email",
+           "field_changes", "drop")
+ENCRYPT_ACTIONS = ("encrypt", "encrypt_email")  # transforms/field_crypto.py: AES-256-GCM, key ring from env/file
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parent.parent / "config" / "pii_policy.json"
 KEY_ENV, KEY_FILE_ENV, POLICY_ENV = "PII_HMAC_KEY", "PII_HMAC_KEY_FILE", "PII_POLICY_FILE"
 MIN_KEY_BYTES = 16
@@ -629,9 +636,16 @@ class PiiPolicy:
                     raise ValueError(f"PII policy: {topic}.{name}: unknown action {action!r} (one of {ACTIONS})")
                 if name not in model.model_fields:
                     raise ValueError(f"PII policy: {topic}: {model.__name__} has no field {name!r}")
+                if action in ENCRYPT_ACTIONS and not _is_text_field(model, name):
+                    raise ValueError(f"PII policy: {topic}.{name}: {action} needs a text field (str or "
+                                     f"Optional[str]); {model.__name__}.{name} is "
+                                     f"{model.model_fields[name].annotation!r}")
             by_model[model.__name__] = dict(spec)
         if extra not in ACTIONS:
             raise ValueError(f"PII policy: unknown extra_fields action {extra!r}")
+        if extra in ENCRYPT_ACTIONS:
+            raise ValueError(f"PII policy: extra_fields cannot be {extra!r}: encryption is decided field by field "
+                             f"(the decrypt command must know which fields hold tokens)")
         return cls(int(doc.get("version", 1)), regions, extra, by_model, origin)
 
     @classmethod
@@ -663,6 +677,41 @@ class PiiPolicy:
         return any(a.startswith("pseudonymize") for spec in self.fields.values() for a in spec.values()) or \
             self.extra_fields.startswith("pseudonymize")
 
+    def needs_field_keys(self, models: Optional[Iterable[type]] = None) -> bool:
+        """Whether the policy encrypts a field of `models` (default: of any model)."""
+        names = self.fields if models is None else [m.__name__ for m in models]
+        return any(a in ENCRYPT_ACTIONS for n in names for a in self.fields.get(n, {}).values())
+
+    def encrypted_fields(self, topic: str) -> Tuple[str, ...]:
+        """The fields of `topic` that the policy encrypts (what `python -m transforms.field_crypto` decrypts)."""
+        spec = self.fields.get(self.require(topic).__name__, {})
+        return tuple(sorted(n for n, a in spec.items() if a in ENCRYPT_ACTIONS))
+
+
+def _is_text_field(model: type, name: str) -> bool:
+    import types
+    import typing
+
+    ann = model.model_fields[name].annotation
+    if ann is str:
+        return True
+    return typing.get_origin(ann) in (Union, types.UnionType) and set(typing.get_args(ann)) == {str, type(None)}
+
+
+def check_keys(policy: PiiPolicy, hmac_key: Optional[bytes], ring: Optional[KeyRing],
+               models: Optional[Iterable[type]] = None) -> None:
+    """Fail closed: a policy that pseudonymizes needs the HMAC key, one that encrypts fields of `models`
+    (default: any) needs a key ring with an active key. The message names the settings, never a key."""
+    if hmac_key is None and policy.needs_key():
+        raise ValueError(f"the PII policy pseudonymizes fields: set {KEY_ENV} or {KEY_FILE_ENV}")
+    if policy.needs_field_keys(models):
+        if ring is None:
+            raise ValueError(f"the PII policy {policy.origin} encrypts fields: set {FIELD_KEYS_FILE_ENV} (or "
+                             f"{FIELD_KEYS_ENV}) to a field key ring")
+        if ring.active is None:
+            raise ValueError(f"the PII policy {policy.origin} encrypts fields, but the field key ring "
+                             f"{ring.origin} has no active key")
+
 
 _CHANGE_FIELD_ACTIONS = {
     **dict.fromkeys(("email", "emailaddress"), "pseudonymize_email"),
@@ -676,13 +725,18 @@ class MissingPiiPolicy(ValueError):
 
 
 class Redactor:
-    """Applies a policy to events (pure; no Beam). `key` is needed only by pseudonymize actions."""
+    """Applies a policy to events (pure; no Beam). `key` is needed only by pseudonymize actions, `field_keys`
+    (a transforms.field_crypto.KeyRing) only by encrypt actions. With `models`, a ring is required now if
+    the policy encrypts a field of one of them; without, an event to encrypt and no ring raise when it comes
+    (in the pipeline it becomes a dead letter: a value to encrypt is never passed on in clear)."""
 
-    def __init__(self, policy: PiiPolicy, key: Optional[bytes] = None):
-        if key is None and policy.needs_key():
-            raise ValueError(f"the PII policy pseudonymizes fields: set {KEY_ENV} or {KEY_FILE_ENV}")
+    def __init__(self, policy: PiiPolicy, key: Optional[bytes] = None, field_keys: Optional[KeyRing] = None,
+                 models: Optional[Iterable[type]] = None):
+        check_keys(policy, key, field_keys, () if models is None else models)
         self.policy = policy
         self._key = key
+        self._cipher = FieldCipher(field_keys) if field_keys is not None and field_keys.active else None
+        self._topics = {m.__name__: t for t, m in CONTRACTS.items()}  # the associated data names the topic
         self._regions = policy.phone_regions
         self._pseudonyms: Dict[Tuple[str, str], str] = {}  # ids repeat a lot; HMAC costs ~5 us
         self._urls: Dict[str, Tuple[str, Tuple[Tuple[str, int], ...]]] = {}
@@ -727,6 +781,8 @@ class Redactor:
                 return _count(counts, kind) if value.strip() else value
             if action in ("pseudonymize", "pseudonymize_email"):
                 return self._pseudonym(value, action)
+            if action in ENCRYPT_ACTIONS:
+                raise ValueError(f"{action} applies to a named field only (Redactor.event), not nested values")
             return redact_text(value, self._regions, counts)[0]
         if isinstance(value, BaseModel):
             if action == "field_changes" and "field" in type(value).model_fields:
@@ -761,10 +817,16 @@ class Redactor:
         counts: Counts = {}
         updates: Dict[str, Any] = {}
         pseudonymized = []
+        encrypted = []
         values = event.__dict__
         for name, action in spec.items():
             old = values[name]
             if old is None:
+                continue
+            if action in ENCRYPT_ACTIONS:
+                if old.strip():  # the policy admits text fields only (PiiPolicy.from_dict)
+                    updates[name] = self._encrypt(old, action, type(event).__name__, name)
+                    encrypted.append(name)
                 continue
             if type(old) is str:  # fast paths of self.value for the common string actions
                 if action == "scan":
@@ -792,7 +854,16 @@ class Redactor:
         meta = {"policy_version": self.policy.version, "redacted": dict(sorted(counts.items())) if counts else {}}
         if pseudonymized:
             meta["pseudonymized"] = sorted(pseudonymized)
+        if encrypted:
+            meta["encrypted"] = sorted(encrypted)
         return event.with_metadata({"pii": meta}, **updates), counts
+
+    def _encrypt(self, value: str, action: str, model: str, name: str) -> str:
+        if self._cipher is None:
+            raise ValueError(f"the PII policy encrypts {model}.{name}: set {FIELD_KEYS_FILE_ENV} (or "
+                             f"{FIELD_KEYS_ENV}) to a field key ring")
+        ctx = field_context(self._topics[model], name)
+        return self._cipher.encrypt_email(value, ctx) if action == "encrypt_email" else self._cipher.encrypt(value, ctx)
 
 
 # --- Beam -------------------------------------------------------------------------------------------------
@@ -811,9 +882,10 @@ def _models_of(element_type: Any) -> Tuple[type, ...]:
 
 
 class _RedactPiiFn(beam.DoFn):
-    def __init__(self, policy: PiiPolicy, step: str):
+    def __init__(self, policy: PiiPolicy, step: str, models: Tuple[type, ...]):
         self._policy = policy
         self._step = step
+        self._models = models
         self._redactor: Optional[Redactor] = None
         self._found = {k: Metrics.counter(step_namespace(step), f"pii_{k}") for k in KINDS}
         self._events = Metrics.counter(step_namespace(step), "events_redacted")
@@ -822,8 +894,10 @@ class _RedactPiiFn(beam.DoFn):
         self._unpoliced = Metrics.counter(step_namespace(step), f"dead_letters_{ErrorKind.NO_PII_POLICY.value}")
 
     def setup(self):
-        # The key is read on the worker, so it never travels inside the pickled pipeline graph.
-        self._redactor = Redactor(self._policy, load_hmac_key())
+        # The keys are read on the worker, so they never travel inside the pickled pipeline graph.
+        needs_ring = self._policy.needs_field_keys(self._models)
+        self._redactor = Redactor(self._policy, load_hmac_key(), load_key_ring() if needs_ring else None,
+                                  self._models)
 
     def process(self, event: EventModel):
         try:
@@ -848,8 +922,9 @@ class _RedactPiiFn(beam.DoFn):
 class RedactPii(beam.PTransform):
     """PCollection[EventModel] -> {valid: redacted copies, dead_letter: DeadLetter} (use `split_dead_letters()`).
 
-    The policy is loaded and checked here, when the pipeline is built; the HMAC key is checked here too
-    (`check_key=False` when only the workers have it) and read again in each worker's `setup()`.
+    The policy is loaded and checked here, when the pipeline is built; the HMAC key and the field key ring
+    (when the policy encrypts) are checked here too (`check_key=False` when only the workers have them) and
+    read again in each worker's `setup()`.
 
     Fail closed: `topic` names the topic(s) (or model classes) whose events this step redacts, and each
     must have an entry in the policy, else ValueError now. Without `topic`, the input's element type must
@@ -868,11 +943,18 @@ class RedactPii(beam.PTransform):
             if not wanted:
                 raise ValueError("RedactPii: topic= names no topic")
             self._models = tuple(self._policy.require(t) for t in wanted)
-        if check_key and self._policy.needs_key() and load_hmac_key() is None:
-            raise ValueError(f"the PII policy pseudonymizes fields: set {KEY_ENV} or {KEY_FILE_ENV}")
+        self._check_key = check_key
+        if check_key:
+            self._check_keys(self._models or ())  # the ring, if the models are known only in expand(): there
+
+    def _check_keys(self, models: Tuple[type, ...]) -> None:
+        needs_ring = self._policy.needs_field_keys(models)
+        check_keys(self._policy, load_hmac_key() if self._policy.needs_key() else None,
+                   load_key_ring() if needs_ring else None, models)
 
     def expand(self, events):
-        if self._models is None:
+        models = self._models
+        if models is None:
             models = _models_of(events.element_type)
             if not models:
                 raise ValueError(f"RedactPii {self.label}: pass topic=<topic(s)> (the input's element type "
@@ -880,5 +962,7 @@ class RedactPii(beam.PTransform):
                                  f"PII policy entry in {self._policy.origin} fails when the pipeline is built")
             for m in models:
                 self._policy.require(m)
-        return events | "Redact" >> beam.ParDo(_RedactPiiFn(self._policy, self.label)).with_outputs(
+            if self._check_key:
+                self._check_keys(models)
+        return events | "Redact" >> beam.ParDo(_RedactPiiFn(self._policy, self.label, models)).with_outputs(
             Tags.DEAD_LETTER.value, main=Tags.VALID.value)

@@ -1,6 +1,6 @@
 """Scored frontend events and leads -> `frontend_analytics` and `marketo_leads` rows (pure functions).
 
-Column tuples match sql/002_frontend_analytics.sql and sql/005_marketo_leads.sql; pass them with the key and
+Column tuples match sql/002_frontend_analytics.sql and sql/005_marketo_leads.sql (+ sql/008); pass them with the key and
 JSON column tuples to io_connectors.postgres.WriteToPostgres. Agent turn rows live in transforms.turns.
 """
 
@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
 from events.contracts import EventModel, FrontendUserInteraction, MarketoLeadDelta
+from transforms.field_crypto import is_encrypted
 from transforms.scoring import Scored
 
 FRONTEND_COLUMNS = (
@@ -23,12 +24,18 @@ FRONTEND_KEYS = ("event_id",)
 FRONTEND_JSON = ("metadata", "transformation_metadata")
 
 LEAD_COLUMNS = (
-    "lead_id", "email", "full_name", "company", "lead_source", "email_domain", "lead_quality_score",
+    "lead_id", "email", "full_name", "phone", "company", "lead_source", "email_domain", "lead_quality_score",
     "engagement_level", "conversion_probability", "recommended_action", "geographic_info",
     "transformation_metadata", "scorer_version", "source_ts_ms", "created_at", "updated_at",
 )
 LEAD_KEYS = ("lead_id",)
 LEAD_JSON = ("geographic_info", "transformation_metadata")
+# Columns that may hold field_crypto tokens, with the event fields (of one topic) they come from: what
+# `python -m transforms.field_crypto decrypt --jsonl --table <table>` accepts in each column.
+ENCRYPTED_COLUMNS = {
+    "marketo_leads": ("marketo.leads.delta", {"email": ("email",), "full_name": ("first_name", "last_name"),
+                                              "phone": ("phone",)}),
+}
 
 _FRONTEND_ROW_FIELDS = frozenset(("event_id", "session_id", "user_id", "event_type", "page_url", "widget_id",
                                   "interaction_type", "timestamp", "schema_version"))
@@ -79,6 +86,12 @@ def frontend_to_row(scored: Scored) -> Dict[str, Any]:
     }
 
 
+def _clip(text: str, n: int) -> str:
+    """At most n characters of clear text; a value holding encryption tokens is never cut (a cut token cannot
+    be decrypted; the column is TEXT since sql/008)."""
+    return text if is_encrypted(text) else text[:n]
+
+
 def lead_to_row(scored: Scored) -> Dict[str, Any]:
     """One `marketo_leads` row. A delta may carry only the changed fields; the leads pipeline decides how
     partial deltas merge (the email column is NOT NULL, so a missing email becomes '')."""
@@ -89,7 +102,8 @@ def lead_to_row(scored: Scored) -> Dict[str, Any]:
     return {
         "lead_id": lead.lead_id,
         "email": lead.email or "",
-        "full_name": (s["full_name"] or None) and s["full_name"][:200],
+        "full_name": (s["full_name"] or None) and _clip(s["full_name"], 200),
+        "phone": lead.phone,
         "company": lead.company,
         "lead_source": lead.lead_source,
         "email_domain": s["email_domain"],

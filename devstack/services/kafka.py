@@ -27,6 +27,22 @@ def kafka_install() -> None:
     tmp.rename(KAFKA_LIB)
 
 
+def single_node_properties(data: Path, partitions: int = 3, offsets_partitions: int = 10) -> List[str]:
+    """Storage and the internal topics of a one-node KRaft cluster (also devstack/kafka_security.py's)."""
+    return [
+        f"log.dirs={data}",
+        f"num.partitions={partitions}",
+        "offsets.topic.replication.factor=1",
+        f"offsets.topic.num.partitions={offsets_partitions}",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=false",
+    ]
+
+
 def _kafka_conf() -> Path:
     data = DATA / "kafka"
     conf = RUN / "kafka-server.properties"
@@ -40,16 +56,7 @@ def _kafka_conf() -> Path:
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        f"log.dirs={data}",
-        "num.partitions=3",
-        "offsets.topic.replication.factor=1",
-        "offsets.topic.num.partitions=10",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "auto.create.topics.enable=false",
+        *single_node_properties(data),
         "",
     ]))
     log4j = RUN / "kafka-log4j2.properties"

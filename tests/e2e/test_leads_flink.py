@@ -13,8 +13,9 @@ from events import topics
 from tests.e2e.flink_helpers import dead_letters_at, end_offsets, poll, produce_with_offsets, running_pipeline
 from events.contracts import MarketoLeadDelta
 from workloads.generator import LeadWorkload, ProducedRecord
+from transforms.field_crypto import FieldCipher, context, load_key_ring
 from transforms.pii import PiiPolicy, Redactor, load_hmac_key
-from transforms.rows import lead_to_row
+from transforms.rows import ENCRYPTED_COLUMNS, lead_to_row
 from transforms.scoring import Scored, score_lead
 
 pytestmark = pytest.mark.e2e
@@ -51,18 +52,26 @@ def test_leads_newest_delta_wins_and_bad_deltas_go_to_dlq(stack, pg_conn, kafka_
             return got == {k: v["timestamp"] for k, v in newest.items()}
 
         poll(landed, 180, "the newest delta of every lead in marketo_leads")
-        redactor = Redactor(PiiPolicy.load(), load_hmac_key())
+        ring = load_key_ring()  # the stack's field key ring (IHEARDAI_FIELD_KEYS_FILE in devstack.env)
+        redactor, cipher = Redactor(PiiPolicy.load(), load_hmac_key(), ring), FieldCipher(ring)
+        _, sources = ENCRYPTED_COLUMNS["marketo_leads"]
+        ctxs = {col: [context(topics.LEADS, f) for f in fs] for col, fs in sources.items()}
         with pg_conn.cursor() as cur:
-            cur.execute("SELECT lead_id, email, email_domain, lead_quality_score, engagement_level, "
-                        "recommended_action, scorer_version FROM marketo_leads WHERE lead_id BETWEEN %s AND %s",
-                        (base, base + 59))
+            cur.execute("SELECT lead_id, email_domain, lead_quality_score, engagement_level, recommended_action, "
+                        "scorer_version, email, full_name, phone FROM marketo_leads "
+                        "WHERE lead_id BETWEEN %s AND %s", (base, base + 59))
             rows = {r[0]: r[1:] for r in cur.fetchall()}
         for lead_id, ev in newest.items():
             lead, _ = redactor.event(MarketoLeadDelta.model_validate(ev))
             want = lead_to_row(Scored(lead, score_lead(lead)))
-            assert rows[lead_id] == (want["email"], want["email_domain"], want["lead_quality_score"],
-                                     want["engagement_level"], want["recommended_action"], want["scorer_version"])
-            assert rows[lead_id][0] != ev["email"], "the email must not be stored in clear"
+            got = rows[lead_id]
+            assert got[:5] == (want["email_domain"], want["lead_quality_score"], want["engagement_level"],
+                               want["recommended_action"], want["scorer_version"])
+            for col, value in zip(("email", "full_name", "phone"), got[5:]):  # tokens: random nonces
+                clear = lambda v: v if v is None else cipher.decrypt_text(v, ctxs[col])  # noqa: E731
+                assert clear(value) == clear(want[col]), f"lead {lead_id} {col}"
+            if ev.get("email"):
+                assert ev["email"] not in got[5], "the email must not be stored in clear"
 
         bad = {positions[i] for i, r in enumerate(records) if r.kind == "malformed"}
         assert bad

@@ -148,6 +148,22 @@ def test_the_pii_key_reaches_the_workers_and_the_submitters_that_check_it():
             f"submit-{p}: the key must be mounted exactly where the graph redacts ({sorted(redacting)})"
 
 
+def test_the_field_key_ring_reaches_the_workers_and_only_the_submitters_whose_topics_are_encrypted():
+    from beam_pipelines import frontend, kpi, leads
+    from transforms.pii import PiiPolicy
+
+    policy = PiiPolicy.load()
+    ring = "/var/run/secrets/iheardai/pii/field-keys"
+    assert m.container_env(m.pod("iheardai-flink-taskmanager").container("beam-worker-pool"))[
+        "IHEARDAI_FIELD_KEYS_FILE"] == ring
+    for name, module in (("kpi", kpi), ("frontend", frontend), ("leads", leads)):
+        encrypts = policy.needs_field_keys([policy.require(t) for t in module.TOPICS])
+        env = m.container_env(m.pod(f"submit-{name}").spec["containers"][0])
+        assert (env.get("IHEARDAI_FIELD_KEYS_FILE") == ring) == encrypts, f"submit-{name}"
+    for name in ("billing", "archive"):
+        assert "IHEARDAI_FIELD_KEYS_FILE" not in m.container_env(m.pod(f"submit-{name}").spec["containers"][0])
+
+
 def test_long_running_containers_have_liveness_probes_that_call_the_service():
     p = m.pod("iheardai-flink-taskmanager")
     pool = p.container("beam-worker-pool")

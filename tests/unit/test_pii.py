@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from events.contracts import AgentTurnCompleted, FrontendUserInteraction, MarketoLeadDelta
 from events.dead_letters import split_dead_letters
-from transforms.pii import (IBAN_LENGTHS, PiiPolicy, RedactPii, Redactor, iban_valid, load_hmac_key, luhn_valid,
-                            pseudonymize, redact_text, redact_url)
+from transforms.pii import (DEFAULT_POLICY_FILE, IBAN_LENGTHS, PiiPolicy, RedactPii, Redactor, iban_valid,
+                            load_hmac_key, luhn_valid, pseudonymize, redact_text, redact_url)
 
 pytestmark = pytest.mark.unit
 TS = 1_795_000_000_000
@@ -125,12 +125,17 @@ def test_event_redaction_follows_the_policy_and_records_kinds_not_values():
 
 
 def test_lead_names_phone_and_email_changes():
+    """The person, phone and pseudonymize_email actions (the project policy encrypts these lead fields since
+    issue 16: tests/unit/test_field_crypto.py)."""
+    doc = json.loads(DEFAULT_POLICY_FILE.read_text())
+    doc["topics"]["marketo.leads.delta"].update(email="pseudonymize_email", first_name="person", last_name="person",
+                                                phone="phone")
     lead = MarketoLeadDelta.model_validate({
         "lead_id": 1, "marketo_guid": "g", "timestamp": TS, "email": "Jane.Doe@Acme.com", "first_name": "Jane",
         "last_name": "Doe", "phone": "+1 415 555 2671",
         "changes": [{"field": "email", "old_value": "j@old.com", "new_value": "Jane.Doe@Acme.com"},
                     {"field": "firstName", "old_value": "J", "new_value": "Jane"}]})
-    out, counts = _redactor().event(lead)
+    out, counts = Redactor(PiiPolicy.from_dict(doc), KEY).event(lead)
     assert out.email.endswith("@acme.com") and out.email.startswith("ps_")
     assert (out.first_name, out.last_name, out.phone) == ("<PERSON>", "<PERSON>", "<PHONE>")
     assert out.changes[0].new_value == out.email and out.changes[1].new_value == "<PERSON>"

@@ -16,6 +16,7 @@ from beam_pipelines import frontend, kpi, leads
 from events import topics
 from events.contracts import AgentToolInvoked, AgentTurnCompleted
 from events.topics import CONTRACTS
+from transforms.field_crypto import new_ring
 from transforms.pii import DEFAULT_POLICY_FILE, MissingPiiPolicy, PiiPolicy, RedactPii, Redactor
 from events.dead_letters import split_dead_letters
 
@@ -27,6 +28,7 @@ KEY = "unit-test-key-0123456789abcdef"
 @pytest.fixture(autouse=True)
 def _key(monkeypatch):
     monkeypatch.setenv("PII_HMAC_KEY", KEY)
+    monkeypatch.setenv("IHEARDAI_FIELD_KEYS", new_ring("k1").to_json())  # the leads policy encrypts fields
 
 
 @pytest.fixture
