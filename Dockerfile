@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The pipelines image: Python 3.11 + the project. One image for
 #   - the Beam Python SDK worker pool sidecar of each TaskManager
-#       python -m apache_beam.runners.worker.worker_pool_main --service_port=50000   (the default CMD)
+#       python -m beam_pipelines.worker_pool --service_port=50000   (the default CMD; Beam's pool + a state cache)
 #   - the submit Jobs            python flink-deploy/flinkctl.py submit beam_pipelines.<name> ...
 #   - the schema migration       python -m sql.migrate
 #   - the Marketo extractor      python -m io_connectors.marketo_extractor incremental
@@ -43,4 +43,4 @@ ENV PYTHONPATH=/opt/iheardai \
     HOME=/tmp
 USER 10001
 EXPOSE 50000
-CMD ["python", "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port=50000"]
+CMD ["python", "-m", "beam_pipelines.worker_pool", "--service_port=50000"]

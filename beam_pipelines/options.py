@@ -28,6 +28,14 @@ class FlinkCheckpointOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        parser.add_argument("--max_bundle_size", type=int, default=None,
+                            help="Most elements in one bundle of a Python step (default here: 10000; Beam's: "
+                                 "1000). Sinks flush per batch inside a bundle, so bigger bundles mostly save "
+                                 "the per-bundle round trips between Flink and the Python workers "
+                                 "(benchmarks/bench_pipelines.py).")
+        parser.add_argument("--max_bundle_time_millis", type=int, default=None,
+                            help="Longest a bundle stays open, milliseconds (default here: 500; Beam's: 1000): "
+                                 "bounds the latency the bundle size adds at low rates.")
         parser.add_argument("--checkpointing_interval", type=int, default=None,
                             help="Flink checkpoint interval in milliseconds (offsets are committed to Kafka on "
                                  "completed checkpoints). Default on Flink: 10000.")
@@ -134,6 +142,8 @@ _RUNNER_FLAGS = (
     ("--environment_type", "Where the Python workers run (default: EXTERNAL, the worker pool)."),
     ("--environment_config", "host:port of the worker pool (default: $BEAM_WORKER_POOL, localhost:50000)."),
     ("--parallelism", "Parallelism of every step on Flink (default: 2)."),
+    ("--sdk_worker_parallelism", "Python SDK worker processes per TaskManager for a job (default here: 2; "
+                                 "Beam's: 1, one core for all Python steps of the job)."),
     ("--max_parallelism", "Most parallelism the job can be rescaled to (key groups of keyed state)."),
     ("--job_name", "Flink job name (default: iheardai-<pipeline>); the launcher and flink-deploy/flinkctl.py "
                    "find the job by it."),
@@ -239,6 +249,13 @@ def finalize_options(argv: Optional[List[str]], pipeline: str, description: str 
             ckpt.finish_bundle_before_checkpointing = True
         if not _has_flag(argv, "--parallelism"):
             flink.parallelism = 2
+        if ckpt.max_bundle_size is None:
+            ckpt.max_bundle_size = 10_000
+        if ckpt.max_bundle_time_millis is None:
+            ckpt.max_bundle_time_millis = 500
+        if not _has_flag(argv, "--sdk_worker_parallelism"):
+            # Python steps of one job share one SDK worker process per TaskManager by default: one core (GIL)
+            portable.sdk_worker_parallelism = 2
         from apache_beam.options.pipeline_options import GoogleCloudOptions  # declares --job_name
 
         gcp = opts.view_as(GoogleCloudOptions)

@@ -139,9 +139,12 @@ def jvm_pids() -> List[int]:
     return descendants(root) if root else []
 
 
+_EXTRA_POOLS: List[int] = []  # a stock worker pool started for --variant runs (--stock-pool-port)
+
+
 def python_worker_pids() -> List[int]:
-    root = _pid("worker-pool")
-    return descendants(root) if root else []
+    roots = [r for r in (_pid("worker-pool"), *_EXTRA_POOLS) if r]
+    return [p for r in roots for p in descendants(r)]
 
 
 def service_pids() -> List[int]:
@@ -156,6 +159,42 @@ def workload(run_id: str, n_turns: int, start: int, seed: int = 11):
     turns = TurnWorkload(seed=seed, run_id=run_id, start_ms=start, sessions=sessions).generate(n_turns)
     tools = ToolWorkload(seed=seed + 1, run_id=run_id, start_ms=start, sessions=sessions).generate(n_turns // 10)
     return turns, tools
+
+
+class Scenario:
+    """A pipeline under test: its topics, the events produced, and how to tell that everything landed."""
+
+    def __init__(self, name: str, topics_: Tuple[str, ...], rows_table: str, sessions_table: str,
+                 session_count: str, redis_turns: bool):
+        self.name, self.topics, self.rows_table, self.sessions_table = name, topics_, rows_table, sessions_table
+        self.session_count, self.redis_turns = session_count, redis_turns
+
+    def make(self, run_id: str, n: int, start: int):
+        """({topic: records}, distinct rows expected, {session_id: distinct items counted in its row})."""
+        sessions = max(50, n // 40)
+        if self.name == "kpi":
+            turns, tools = workload(run_id, n, start)
+            return ({topics.TURNS: turns.records, topics.TOOLS: tools.records}, len(turns.expected),
+                    expected_counts(turns, tools))
+        from workloads.generator import FrontendSessionWorkload, FrontendWorkload, WidgetPerformanceWorkload
+
+        parts = [FrontendWorkload(seed=21, run_id=run_id, start_ms=start, sessions=sessions).generate(n * 7 // 10),
+                 FrontendSessionWorkload(seed=22, run_id=run_id, start_ms=start, sessions=sessions).generate(
+                     n * 15 // 100),
+                 WidgetPerformanceWorkload(seed=23, run_id=run_id, start_ms=start, sessions=sessions).generate(
+                     n - n * 7 // 10 - n * 15 // 100)]
+        per: Dict[str, int] = {}
+        for w in parts:
+            for ev in w.events:
+                per[ev["session_id"]] = per.get(ev["session_id"], 0) + 1
+        return {w.topic: w.records for w in parts}, sum(len(w.events) for w in parts), per
+
+
+SCENARIOS = {
+    "kpi": Scenario("kpi", KPI_TOPICS, "agent_turns", "session_kpis", "turns", True),
+    "frontend": Scenario("frontend", (topics.FRONTEND_INTERACTION, topics.FRONTEND_SESSION, topics.FRONTEND_WIDGET),
+                         "frontend_analytics", "frontend_session_engagement", "events", False),
+}
 
 
 def produce(records_by_topic: Dict[str, list], bootstrap: str, rate: Optional[float] = None
@@ -206,35 +245,44 @@ def expected_counts(turns, tools) -> Dict[str, int]:
     return per
 
 
-def landed(conn, run_id: str, n: int, per_session: Dict[str, int], rds) -> bool:
+def landed(conn, sc: Scenario, run_id: str, n: int, per_session: Dict[str, int], rds) -> bool:
+    from psycopg2 import sql
+
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM agent_turns WHERE session_id LIKE %s", (f"{run_id}-%",))
+        cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE session_id LIKE %s").format(sql.Identifier(sc.rows_table)),
+                    (f"{run_id}-%",))
         if cur.fetchone()[0] < n:
             return False
-        cur.execute("SELECT session_id, turns FROM session_kpis WHERE session_id LIKE %s", (f"{run_id}-%",))
+        cur.execute(sql.SQL("SELECT session_id, {} FROM {} WHERE session_id LIKE %s").format(
+            sql.Identifier(sc.session_count), sql.Identifier(sc.sessions_table)), (f"{run_id}-%",))
         got = dict(cur.fetchall())
     if any(got.get(s) != c for s, c in per_session.items()):
         return False
+    if not sc.redis_turns:
+        return True
     pipe = rds.pipeline(transaction=False)
     for s in per_session:
         pipe.hget(f"session:{s}:metrics", "total_turns")
     return all(int(v or 0) == per_session[s] for s, v in zip(per_session, pipe.execute()))
 
 
-def wait_landed(run_id, n, per_session, timeout_s) -> Tuple[float, float]:
-    """(when every agent_turns row was there, when session_kpis and Redis were complete too)."""
+def wait_landed(sc: Scenario, run_id, n, per_session, timeout_s) -> Tuple[float, float]:
+    """(when every row of the main table was there, when the session table and Redis were complete too)."""
+    from psycopg2 import sql
+
     conn, rds = _pg(), _redis()
     deadline = time.time() + timeout_s
-    turns_at = None
+    rows_at = None
+    count = sql.SQL("SELECT count(*) FROM {} WHERE session_id LIKE %s").format(sql.Identifier(sc.rows_table))
     try:
         while time.time() < deadline:
-            if turns_at is None:
+            if rows_at is None:
                 with conn.cursor() as cur:
-                    cur.execute("SELECT count(*) FROM agent_turns WHERE session_id LIKE %s", (f"{run_id}-%",))
+                    cur.execute(count, (f"{run_id}-%",))
                     if cur.fetchone()[0] >= n:
-                        turns_at = time.time()
-            if turns_at is not None and landed(conn, run_id, n, per_session, rds):
-                return turns_at, time.time()
+                        rows_at = time.time()
+            if rows_at is not None and landed(conn, sc, run_id, n, per_session, rds):
+                return rows_at, time.time()
             time.sleep(0.25)
     finally:
         conn.close()
@@ -248,32 +296,55 @@ def _redis():
     return redis.Redis(host=s.host, port=s.port, password=s.password or None)
 
 
-def snapshot(run_id: str):
-    """The rows a run wrote, with its run id taken out of the session ids (for comparing two runs)."""
+# Bookkeeping that legitimately differs between the two contenders: write time, pane versions, and how a
+# session's totals split into generations (base_*: the pipeline releases a session's state after gap +
+# lateness of event time and starts a new generation; the hand-rolled process keeps it in memory). The
+# session totals themselves are compared.
+_NOT_COMPARED = ("updated_at", "pane_version", "is_final", "generations", "base_events", "base_furthest_stage",
+                 "base_started_at", "base_turns", "base_tool_calls", "base_tokens_in", "base_tokens_out",
+                 "base_latency_sum_ms")
+
+
+def snapshot(sc: Scenario, run_id: str):
+    """The rows a run wrote (both tables, and the Redis state for kpi), with its run id taken out."""
+    from psycopg2 import sql
+
     conn = _pg()
-    cols = ("turn_id, user_id, account_id, channel, model, model_family, tokens_in, tokens_out, total_tokens, "
-            "latency_ms, tokens_per_second, efficiency_score, quality_score, business_value_score, sentiment, "
-            "topics, language, estimated_cost_usd, response_text, tools_used, ts_ms, \"timestamp\", scorer_version")
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT substr(session_id, {len(run_id) + 1}), {cols} FROM agent_turns WHERE session_id LIKE %s",
-                    (f"{run_id}-%",))
-        turns = {(r[0], r[1]): tuple(map(str, r)) for r in cur.fetchall()}
-        cur.execute("SELECT substr(session_id, %s), user_id, account_id, channel, turns, tokens_in, tokens_out, "
-                    "latency_sum_ms, avg_latency_ms, tool_calls, started_at, ended_at FROM session_kpis "
-                    "WHERE session_id LIKE %s", (len(run_id) + 1, f"{run_id}-%"))
-        sessions = {r[0]: tuple(map(str, r)) for r in cur.fetchall()}
+    out = []
+    for table, key in ((sc.rows_table, None), (sc.sessions_table, "session_id")):
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT to_jsonb(t) FROM {} t WHERE session_id LIKE %s").format(sql.Identifier(table)),
+                        (f"{run_id}-%",))
+            rows = {}
+            for (doc,) in cur.fetchall():
+                for c in _NOT_COMPARED:
+                    doc.pop(c, None)
+                text = json.dumps(doc, sort_keys=True).replace(run_id, "RUN")
+                if key:
+                    k = doc.get(key)
+                elif "turn_id" in doc:
+                    k = (doc["session_id"], doc["turn_id"])
+                else:  # derived event ids (fe_<hash of the session id, ...>) differ with the run id
+                    k = (doc["session_id"], doc.get("event_type"), doc.get("ts_ms"), doc.get("page_url"))
+                    if str(doc.get("event_id", "")).startswith("fe_"):
+                        doc.pop("event_id")
+                        text = json.dumps(doc, sort_keys=True).replace(run_id, "RUN")
+                rows[str(k).replace(run_id, "RUN")] = text
+            out.append(rows)
     conn.close()
-    rds = _redis()
     state = {}
-    for sid in sessions:
-        h = rds.hgetall(f"session:{run_id}{sid}:state")
-        state[sid] = (h.get(b"last_turn_id"), h.get(b"seq"))
-    return turns, sessions, state
+    if sc.redis_turns:
+        rds = _redis()
+        for sid in out[1]:
+            h = rds.hgetall(f"session:{sid.replace('RUN', run_id)}:state")
+            state[sid] = (h.get(b"last_turn_id"), h.get(b"seq"))
+    out.append(state)
+    return out
 
 
 def compare(a, b) -> str:
     diffs = []
-    for name, x, y in zip(("agent_turns", "session_kpis", "redis state"), a, b):
+    for name, x, y in zip(("rows", "session rows", "redis state"), a, b):
         if x != y:
             only = len(set(x) ^ set(y))
             changed = sum(1 for k in set(x) & set(y) if x[k] != y[k])
@@ -283,14 +354,15 @@ def compare(a, b) -> str:
 
 # --- contenders -------------------------------------------------------------------------------------------
 
-def start_kpi_job(run_id: str, parallelism: int, extra: List[str]) -> str:
-    job = f"bench-kpi-{run_id}"
-    cmd = [PY, "-m", "beam_pipelines.kpi", "--runner=FlinkRunner", "--flink_master=localhost:8081",
+def start_job(pipeline: str, run_id: str, parallelism: int, extra: List[str]) -> str:
+    """The README's command, from the topic end (--start_from=latest); returns once the job is RUNNING."""
+    job = f"bench-{pipeline}-{run_id}"
+    cmd = [PY, "-m", f"beam_pipelines.{pipeline}", "--runner=FlinkRunner", "--flink_master=localhost:8081",
            f"--job_name={job}", f"--consumer_group=bench-{run_id}", "--start_from=latest",
            f"--parallelism={parallelism}", "--no_wait_until_finish", *extra]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     if r.returncode:
-        raise SystemExit(f"the KPI job did not start:\n{(r.stdout + r.stderr)[-3000:]}")
+        raise SystemExit(f"the {pipeline} job did not start:\n{(r.stdout + r.stderr)[-3000:]}")
     return job
 
 
@@ -302,13 +374,13 @@ def cancel_job(job_name: str) -> None:
             requests.patch(f"http://localhost:8081/jobs/{j['jid']}?mode=cancel", timeout=10)
 
 
-def commit_group_at_end(group: str, bootstrap: str) -> None:
+def commit_group_at_end(group: str, topics_: Tuple[str, ...], bootstrap: str) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         offsets = []
-        for t in KPI_TOPICS:
+        for t in topics_:
             for p in c.list_topics(t, timeout=10).topics[t].partitions:
                 offsets.append(TopicPartition(t, p, c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]))
         c.commit(offsets=offsets, asynchronous=False)
@@ -316,29 +388,29 @@ def commit_group_at_end(group: str, bootstrap: str) -> None:
         c.close()
 
 
-def run_contender(kind: str, run_id: str, n_turns: int, args, bootstrap: str) -> Dict[str, float]:
-    turns, tools = workload(run_id, n_turns, args.start_ms)
-    per_session = expected_counts(turns, tools)
-    n_records = len(turns.records) + len(tools.records)
+def run_contender(sc: Scenario, kind: str, run_id: str, n: int, args, bootstrap: str) -> Dict[str, float]:
+    records, n_rows, per_session = sc.make(run_id, n, args.start_ms)
+    n_records = sum(len(r) for r in records.values())
     proc = None
     if kind == "beam":
-        job = start_kpi_job(run_id, args.parallelism, args.pipeline_args)
+        job = start_job(sc.name, run_id, args.parallelism, args.pipeline_args)
         work = beam_pids
         split = {"jvm": jvm_pids, "python": python_worker_pids}
     else:
         group = f"bench-{run_id}"
-        commit_group_at_end(group, bootstrap)
-        proc = subprocess.Popen([PY, str(REPO / "benchmarks" / "handrolled.py"), f"--group={group}"], cwd=REPO,
-                                env={**os.environ, **environment()}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        commit_group_at_end(group, sc.topics, bootstrap)
+        proc = subprocess.Popen([PY, str(REPO / "benchmarks" / "handrolled.py"), f"--group={group}",
+                                 f"--pipeline={sc.name}"], cwd=REPO, env={**os.environ, **environment()},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(3)  # subscribed and assigned
         work = lambda: descendants(proc.pid)  # noqa: E731
         split = {}
     sampler = Sampler({"work": work, "services": service_pids, **split}).start()
-    profiling = Profiles(args.profile, kind, work if kind == "handrolled" else None) if args.profile else None
+    profiling = Profiles(args.profile, f"{sc.name}-{kind}", work if kind == "handrolled" else None) \
+        if args.profile else None
     try:
-        t0, _ = produce({topics.TURNS: turns.records, topics.TOOLS: tools.records}, bootstrap)
-        t_turns, t_end = wait_landed(run_id, len(turns.expected), per_session, args.timeout)
+        t0, _ = produce(records, bootstrap)
+        t_rows, t_end = wait_landed(sc, run_id, n_rows, per_session, args.timeout)
     finally:
         cpu = sampler.stop()
         if profiling:
@@ -349,9 +421,10 @@ def run_contender(kind: str, run_id: str, n_turns: int, args, bootstrap: str) ->
             proc.terminate()
             proc.wait(30)
     secs = t_end - t0
-    return {"records": n_records, "turns": len(turns.expected), "seconds": round(secs, 2),
-            "agent_turns_seconds": round(t_turns - t0, 2),
-            "records_per_s": round(n_records / secs), "turns_per_s": round(len(turns.expected) / secs),
+    return {"records": n_records, "rows": n_rows, "seconds": round(secs, 2),
+            "rows_seconds": round(t_rows - t0, 2),
+            "records_per_s": round(n_records / secs), "rows_per_s": round(n_rows / secs),
+            "rows_per_s_main_table": round(n_rows / (t_rows - t0)),
             "cpu_s_per_1k_records": round(cpu["work"] / n_records * 1000, 3),
             "service_cpu_s_per_1k_records": round(cpu["services"] / n_records * 1000, 3),
             "peak_rss_mib": round(sampler.peak["work"]),
@@ -367,8 +440,8 @@ class Profiles:
     def __init__(self, out_dir: str, kind: str, pids=None):
         self.dir = Path(out_dir) / kind
         self.dir.mkdir(parents=True, exist_ok=True)
-        pool = _pid("worker-pool")
-        targets = pids() if pids else [p for p in python_worker_pids() if p != pool]
+        pools = {_pid("worker-pool"), *_EXTRA_POOLS}
+        targets = pids() if pids else [p for p in python_worker_pids() if p not in pools]
         spy = str(Path(PY).parent / "py-spy")
         self.procs = [subprocess.Popen([spy, "record", "--pid", str(p), "--gil", "--rate", "200", "--format", "raw",
                                         "--nonblocking", "--output", str(self.dir / f"py-{p}.txt")],
@@ -404,7 +477,7 @@ def latency_run(run_id: str, args, bootstrap: str) -> Dict[str, float]:
     n = int(args.rate * args.rate_seconds)
     turns, tools = workload(run_id, n, int(time.time() * 1000) - n * 1100)
     per_session = expected_counts(turns, tools)
-    job = start_kpi_job(run_id, args.parallelism, args.pipeline_args)
+    job = start_job("kpi", run_id, args.parallelism, args.pipeline_args)
     stop = threading.Event()
     hget_ms: List[float] = []
     pg_ms: List[float] = []
@@ -446,7 +519,7 @@ def latency_run(run_id: str, args, bootstrap: str) -> Dict[str, float]:
         t.start()
     try:
         _, sent_at = produce({topics.TURNS: turns.records, topics.TOOLS: tools.records}, bootstrap, rate=args.rate)
-        wait_landed(run_id, len(turns.expected), per_session, args.timeout)
+        wait_landed(SCENARIOS["kpi"], run_id, len(turns.expected), per_session, args.timeout)
     finally:
         stop.set()
         for t in readers:
@@ -468,7 +541,9 @@ def latency_run(run_id: str, args, bootstrap: str) -> Dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--turns", type=int, default=100_000)
+    ap.add_argument("--pipelines", default="kpi,frontend", help="comma-separated: kpi, frontend")
+    ap.add_argument("--events", "--turns", type=int, default=100_000, dest="events",
+                    help="distinct valid events per pipeline (kpi: turns; plus duplicates, bad records, tool calls)")
     ap.add_argument("--parallelism", type=int, default=2)
     ap.add_argument("--rate", type=float, default=2000, help="offered turns/s for the latency run (0: skip)")
     ap.add_argument("--rate-seconds", type=float, default=30)
@@ -476,48 +551,107 @@ def main() -> None:
     ap.add_argument("--skip", choices=("beam", "handrolled"), action="append", default=[])
     ap.add_argument("--profile", metavar="DIR", help="profile the contenders while records flow (py-spy, JFR)")
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "pipelines.json"))
-    ap.add_argument("pipeline_args", nargs="*", help="after --: extra flags for the KPI job")
+    ap.add_argument("pipeline_args", nargs="*", help="after --: extra flags for the jobs (e.g. --max_bundle_size=1000)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                    help="A/B: run only the Beam contender of each pipeline once per variant, with these extra job "
+                         "flags (space-separated), e.g. --variant 'beam-defaults=--max_bundle_size=1000 "
+                         "--max_bundle_time_millis=1000 --sdk_worker_parallelism=1'")
+    ap.add_argument("--stock-pool-port", type=int, default=0,
+                    help="also start Beam's own worker pool (no state cache) on this port for the run, for "
+                         "variants with --environment_config=localhost:PORT")
     args = ap.parse_args()
     os.environ.update(environment())
-    args.start_ms = int(time.time() * 1000) - args.turns * 1100  # event times end about now
+    if args.variant:
+        return run_variants(args)
+    args.start_ms = int(time.time() * 1000) - args.events * 1100  # event times end about now
     bootstrap = KafkaSettings.from_env().bootstrap_servers
-    tag = uuid.uuid4().hex[:8]
-    out: Dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "turns": args.turns, "parallelism": args.parallelism,
-                              "pipeline_args": args.pipeline_args, "cores": os.cpu_count()}
-    for kind in ("beam", "handrolled"):
-        if kind in args.skip:
-            continue
-        print(f"[bench] {kind}: {args.turns} turns ...", flush=True)
-        out[kind] = run_contender(kind, f"{kind[0]}{tag}", args.turns, args, bootstrap)
-        print(f"[bench] {kind}: {out[kind]}", flush=True)
-    if "beam" in out and "handrolled" in out:
-        out["same_rows"] = compare(snapshot(f"b{tag}"), snapshot(f"h{tag}"))
-        out["ratio"] = round(out["beam"]["turns_per_s"] / out["handrolled"]["turns_per_s"], 2)
+    tag = uuid.uuid4().hex[:7]
+    out: Dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "events": args.events,
+                              "parallelism": args.parallelism, "pipeline_args": args.pipeline_args,
+                              "cores": os.cpu_count()}
+    for name in args.pipelines.split(","):
+        sc, res = SCENARIOS[name], {}
+        for kind in ("beam", "handrolled"):
+            if kind in args.skip:
+                continue
+            print(f"[bench] {name} {kind}: {args.events} events ...", flush=True)
+            res[kind] = run_contender(sc, kind, f"{kind[0]}{name[0]}{tag}", args.events, args, bootstrap)
+            print(f"[bench] {name} {kind}: {res[kind]}", flush=True)
+        if "beam" in res and "handrolled" in res:
+            res["same_rows"] = compare(snapshot(sc, f"b{name[0]}{tag}"), snapshot(sc, f"h{name[0]}{tag}"))
+            res["ratio"] = round(res["beam"]["rows_per_s"] / res["handrolled"]["rows_per_s"], 2)
+        out[name] = res
     if args.rate:
         print(f"[bench] latency at {args.rate:.0f} turns/s for {args.rate_seconds:.0f} s ...", flush=True)
         out["latency"] = latency_run(f"l{tag}", args, bootstrap)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    print_table(out)
+    print(f"\nwritten to {args.json}")
+
+
+def run_variants(args) -> None:
+    """The Beam contender once per variant, back to back in this run, on the same events."""
+    bootstrap = KafkaSettings.from_env().bootstrap_servers
+    args.start_ms = int(time.time() * 1000) - args.events * 1100
+    pool = None
+    if args.stock_pool_port:
+        pool = subprocess.Popen([PY, "-m", "apache_beam.runners.worker.worker_pool_main",
+                                 f"--service_port={args.stock_pool_port}"], cwd=REPO,
+                                env={**os.environ, **environment(), "PYTHONPATH": str(REPO),
+                                     "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _EXTRA_POOLS.append(pool.pid)
+        time.sleep(3)
+    out: Dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "events": args.events, "variants": {}}
+    try:
+        for name in args.pipelines.split(","):
+            for v in args.variant:
+                label, _, flags = v.partition("=")
+                args.pipeline_args = flags.split()
+                tag = uuid.uuid4().hex[:7]
+                print(f"[bench] {name} {label}: {args.events} events ...", flush=True)
+                res = run_contender(SCENARIOS[name], "beam", f"v{name[0]}{tag}", args.events, args, bootstrap)
+                print(f"[bench] {name} {label}: {res}", flush=True)
+                out["variants"][f"{name} {label}"] = {"flags": flags, **res}
+    finally:
+        if pool:
+            pool.terminate()
+            pool.wait(30)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    print(f"\n| variant (events={args.events}) | events/s, all rows | events/s, main table | CPU-s / 1k records |")
+    print("|---|---|---|---|")
+    for label, r in out["variants"].items():
+        print(f"| {label} | {r['rows_per_s']} | {r['rows_per_s_main_table']} | {r['cpu_s_per_1k_records']} |")
+    print(f"\nwritten to {args.json}")
+
+
+def print_table(out: Dict[str, object]) -> None:
     print()
-    print(f"| figure | KPI pipeline (Flink, p={args.parallelism}) | hand-rolled consumer |")
+    print(f"| figure (events={out['events']}, parallelism={out['parallelism']}) | Beam on Flink | hand-rolled |")
     print("|---|---|---|")
-    b, h = out.get("beam", {}), out.get("handrolled", {})
-    for key, label in (("turns_per_s", "turns/s"), ("records_per_s", "records/s (turns+dups+bad+tools)"),
-                       ("seconds", "seconds, first produced -> all rows and Redis state"),
-                       ("agent_turns_seconds", "seconds, first produced -> last agent_turns row"),
-                       ("cpu_s_per_1k_records", "CPU-s per 1,000 records (workers)"),
-                       ("service_cpu_s_per_1k_records", "CPU-s per 1,000 records (Kafka+PG+Redis)"),
-                       ("peak_rss_mib", "peak RSS MiB (TaskManager + SDK workers / process)")):
-        print(f"| {label} | {b.get(key, '-')} | {h.get(key, '-')} |")
-    if "ratio" in out:
-        print(f"| ratio Beam / hand-rolled | {out['ratio']} | rows: {out['same_rows']} |")
+    for name in ("kpi", "frontend"):
+        res = out.get(name)
+        if not res:
+            continue
+        b, h = res.get("beam", {}), res.get("handrolled", {})
+        for key, label in (("rows_per_s", "events/s, first produced -> all rows (and Redis) complete"),
+                           ("rows_per_s_main_table", "events/s, first produced -> last row of the main table"),
+                           ("records_per_s", "records/s (incl. duplicates, bad records, tool calls)"),
+                           ("cpu_s_per_1k_records", "CPU-s per 1,000 records (TaskManager + SDK workers / process)"),
+                           ("cpu_s_per_1k_records_jvm", "  of which the TaskManager JVM"),
+                           ("service_cpu_s_per_1k_records", "CPU-s per 1,000 records (Kafka + Postgres + Redis)"),
+                           ("peak_rss_mib", "peak RSS MiB (TaskManager + SDK workers / process)")):
+            print(f"| {name}: {label} | {b.get(key, '-')} | {h.get(key, '-')} |")
+        if "ratio" in res:
+            print(f"| {name}: ratio Beam / hand-rolled | {res['ratio']} | rows: {res['same_rows']} |")
     if "latency" in out:
         lat = out["latency"]
-        print(f"| lag p50/p95/p99 ms at {lat['offered_per_s']:.0f}/s | {lat['lag_p50_ms']}/{lat['lag_p95_ms']}/"
-              f"{lat['lag_p99_ms']} | |")
-        print(f"| Redis HGETALL p95 ms / PG 500-row upsert p95 ms | {lat['hgetall_p95_ms']} / "
-              f"{lat['pg_write_500_p95_ms']} | |")
-    print(f"\nwritten to {args.json}")
+        print(f"| kpi: lag p50/p95/p99 ms at {lat['offered_per_s']:.0f} turns/s | {lat['lag_p50_ms']} / "
+              f"{lat['lag_p95_ms']} / {lat['lag_p99_ms']} | |")
+        print(f"| kpi: Redis HGETALL p95 ms / Postgres 500-row upsert p95 ms, under that load | "
+              f"{lat['hgetall_p95_ms']} / {lat['pg_write_500_p95_ms']} | |")
 
 
 if __name__ == "__main__":

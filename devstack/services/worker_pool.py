@@ -13,7 +13,8 @@ from devstack.services import Service
 
 
 def worker_pool_start() -> subprocess.Popen:
-    return spawn("worker-pool", [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+    # Beam's pool, with a user-state cache in its workers (beam_pipelines/worker_pool.py)
+    return spawn("worker-pool", [sys.executable, "-m", "beam_pipelines.worker_pool",
                                  f"--service_port={PORTS['worker-pool']}"], cwd=REPO,
                  # the pool starts workers as `python ...`: the venv's interpreter must come first on PATH
                  # the workers get the same settings a production pod gets from its Secrets/ConfigMaps
