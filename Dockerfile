@@ -30,6 +30,7 @@ COPY events ./events
 COPY transforms ./transforms
 COPY io_connectors ./io_connectors
 COPY observability ./observability
+COPY iheardai_analytics ./iheardai_analytics
 COPY sql ./sql
 # Deployment files the code reads when a graph is built: the PII policy and the model price table.
 COPY config ./config

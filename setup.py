@@ -6,8 +6,9 @@ setup(
     name="iheardai-pipelines",
     version="0.1.0",
     description="Apache Beam streaming pipelines (Kafka -> Postgres, Redis, Parquet on Spaces) on Apache Flink",
-    packages=find_packages(include=["beam_pipelines*", "transforms*", "io_connectors*", "events*", "workloads*", "observability*"]),
-    package_data={"": ["*.json", "*.yaml"]},
+    packages=find_packages(include=["beam_pipelines*", "transforms*", "io_connectors*", "events*", "workloads*", "observability*",
+                                    "iheardai_analytics*"]),
+    package_data={"": ["*.json", "*.yaml"], "iheardai_analytics": ["static/*.js"]},
     python_requires=">=3.10",
     install_requires=[
         "apache-beam[gcp,aws]==2.62.0",

@@ -49,7 +49,7 @@ def _sibling(name: str):
 m = _sibling("manifests")
 PIPELINES = ("kpi", "frontend", "billing", "archive", "leads")
 OUR_PACKAGES = ("beam_pipelines", "transforms", "io_connectors", "events", "sql", "workloads", "observability",
-                "devstack", "benchmarks")  # ("tests" is also the name of a package some wheel installs)
+                "iheardai_analytics", "devstack", "benchmarks")  # ("tests" is also the name of a package some wheel installs)
 
 # Placeholder file contents by secret key (never real values; long enough to pass the code's own checks).
 PLACEHOLDER = {"hmac-key": "0123456789abcdef" * 4,

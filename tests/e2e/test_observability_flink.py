@@ -52,7 +52,8 @@ def test_prometheus_scrapes_flink_the_exporters_and_the_status_service(stack):
         return health if health and all(h == "up" for h in health.values()) else None
 
     health = poll(all_up, 60, "every Prometheus target up")
-    assert {job for job, _ in health} == {"flink", "postgres", "redis", "status", "prometheus", "alertmanager"}
+    assert {job for job, _ in health} == {"flink", "postgres", "redis", "status", "prometheus", "alertmanager",
+                                        "collector"}
     assert len([1 for job, _ in health if job == "flink"]) == 2  # JobManager and TaskManager
     assert prom_value("pg_up") == 1 and prom_value("redis_up") == 1
     assert prom_value('iheardai_health_up{service="kafka"}') == 1
