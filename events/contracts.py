@@ -27,6 +27,10 @@ from events.dead_letters import Source  # (topic, partition, offset) of an event
 # or crashed a row builder). Counts fit a Postgres INTEGER even as a sum of two (total_tokens); sums of many fit
 # BIGINT. Epoch-ms fields stay within what datetime and timestamptz represent (year 9999).
 MAX_COUNT = 10 ** 9
+# Tokens of one turn: no model reads or writes more than a few million; 10 M keeps the priciest model of the
+# price table (config/model_prices.json, $0.09 per 1k tokens in + out) below agent_turns.estimated_cost_usd's
+# DECIMAL(10, 6) maximum (9,999.999999).
+MAX_TURN_TOKENS = 10 ** 7
 MAX_INT32 = 2 ** 31 - 1
 MAX_BIGINT = 2 ** 63 - 1
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -160,8 +164,8 @@ class AgentTurnCompleted(StrictEventModel):
     account_id: Optional[str] = Field(None, description="tenant that billing aggregates on")
     channel: str = "web_chat"
     model_name: str = Field(..., min_length=1, max_length=100, alias="model_name")
-    tokens_in: int = Field(..., ge=0, le=MAX_COUNT)
-    tokens_out: int = Field(..., ge=0, le=MAX_COUNT)
+    tokens_in: int = Field(..., ge=0, le=MAX_TURN_TOKENS)
+    tokens_out: int = Field(..., ge=0, le=MAX_TURN_TOKENS)
     latency_ms: float = Field(..., ge=0)
     response_text: str = ""
     user_message: Optional[str] = None

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import random
 import typing
+import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -67,6 +68,7 @@ TEXTS: Dict[str, str] = {
     "controls": "\x01\x07\x1b[31mred\x7f",
     "format_strings": "%s %d {0} ${jndi:ldap://x} {{7*7}}",
     "whitespace_only": " \t ",
+    "long": "Lorem ipsum \u00e9\U0001F600 " * 400,  # 6,000 characters: longer than any VARCHAR column
 }
 
 
@@ -79,7 +81,7 @@ class HostileRecord:
     case: str  # what the record is, e.g. "text:nul:response_text"
     expect: str  # VALID or DEAD
     error_class: Optional[str] = None  # for DEAD: the ErrorKind value of its one dead letter
-    doc: Optional[Dict[str, Any]] = None  # for VALID: the event the pipelines must see
+    doc: Optional[Dict[str, Any]] = None  # for VALID (and a sink's dead letter): the event the pipelines see
 
     @property
     def producible(self) -> bool:
@@ -181,7 +183,7 @@ def base_event(topic: str, run_id: str, i: int, ts: int) -> Dict[str, Any]:
                 "hour_start_ms": hour, "turns": 10, "tokens_in": 5000, "tokens_out": 2000, "tool_invocations": 3,
                 "estimated_cost_usd": 0.042, "revision": i, "is_final": False, "timestamp": ts}
     if topic == topics.LEADS:
-        return {"schema_version": 1, "lead_id": 900_000 + i, "marketo_guid": f"{run_id}-hg{i:06d}",
+        return {"schema_version": 1, "lead_id": lead_id_base(run_id) + i % 2000, "marketo_guid": f"{run_id}-hg{i:06d}",
                 "change_type": "lead_change", "activity_type_id": 13, "email": "ada.lovelace@example.com",
                 "first_name": "Ada", "last_name": "Lovelace", "company": "Analytical Engines", "title": "CTO",
                 "phone": "+1 415 555 0100", "lead_source": "Website", "lead_status": "MQL", "lead_score": 70,
@@ -189,6 +191,11 @@ def base_event(topic: str, run_id: str, i: int, ts: int) -> Dict[str, Any]:
                 "updated_at_ms": ts, "changes": [{"field": "leadScore", "old_value": 40, "new_value": 70}],
                 "attributes": {"industry": "software"}, "timestamp": ts}
     raise KeyError(f"no base event for topic {topic!r}: add one to workloads/hostile.py")
+
+
+def lead_id_base(run_id: str) -> int:
+    """First lead_id of a run (2,000 ids each, below the INTEGER column's maximum), so runs never share a lead."""
+    return 1_000_000_000 + zlib.crc32(run_id.encode()) % 500_000 * 2000
 
 
 def _dumps(doc: Any, ascii_only: bool = True) -> bytes:
@@ -311,7 +318,7 @@ def _topic_records(topic: str, run_id: str, start_ms: int, n_random: int, n_hypo
     for lit in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
         value = _dumps(base())[:-1] + b', "note": ' + lit + b"}"
         if topic in FRONTEND_TOPICS:
-            yield dead(f"number:{lit.decode()}_extra", value, ErrorKind.SINK_PERMANENT)
+            yield rec(f"number:{lit.decode()}_extra", value, DEAD, ErrorKind.SINK_PERMANENT.value, doc=json.loads(value))
         else:
             yield rec(f"number:{lit.decode()}_extra", value, VALID, doc=json.loads(value))
 
@@ -343,7 +350,8 @@ def _topic_records(topic: str, run_id: str, start_ms: int, n_random: int, n_hypo
         if b.get("min_length"):
             yield dead(f"empty:{name}", _dumps({**base(), name: ""}), ErrorKind.SCHEMA)
         yield dead(f"too_long:{name}", _dumps({**base(), name: "x" * (b["max_length"] + 1)}), ErrorKind.SCHEMA)
-        yield valid(f"longest:{name}", {**base(), name: "\U0001F600" * b["max_length"]}, ascii_only=False)
+        yield valid(f"longest:{name}", {**base(), name: _id(run_id, "\U0001F600" * b["max_length"], "", b["max_length"])},
+                    ascii_only=False)
     yield dead("schema_version:newer", _dumps({**base(), "schema_version": 2}), ErrorKind.SCHEMA)
 
     # hostile texts in every string field: valid, written as they are (escaped and raw UTF-8 JSON)
@@ -352,9 +360,7 @@ def _topic_records(topic: str, run_id: str, start_ms: int, n_random: int, n_hypo
             bounds = fields[name][3]
             if len(text) < bounds.get("min_length", 0) or len(text) > bounds.get("max_length", 10 ** 9):
                 continue
-            value = text if name not in ids else f"{text}-{next(counter)}"  # ids stay unique
-            if len(value) > bounds.get("max_length", 10 ** 9):
-                value = value[-bounds["max_length"]:]
+            value = text if name not in ids else _id(run_id, text, next(counter), bounds["max_length"])
             yield valid(f"text:{tname}:{name}", {**base(), name: value}, ascii_only=tname in ("nul", "emoji"))
         yield valid(f"text:{tname}:extra_field", {**base(), f"x_{tname}": text})
         yield valid(f"text:{tname}:extra_key", {**base(), f"k{tname}{text}": 1})
@@ -382,7 +388,7 @@ def _topic_records(topic: str, run_id: str, start_ms: int, n_random: int, n_hypo
         doc = base()
         if roll < 0.4 and free_text:
             name = rng.choice(free_text)
-            doc[name] = "".join(rng.choice(names) and TEXTS[rng.choice(names)] for _ in range(rng.randint(1, 3)))
+            doc[name] = "".join(TEXTS[rng.choice(names)] for _ in range(rng.randint(1, 3)))
             yield valid(f"random:text:{name}", doc, ascii_only=rng.random() < 0.5)
         elif roll < 0.7:
             raw = _dumps(doc)
@@ -403,7 +409,7 @@ def _topic_records(topic: str, run_id: str, start_ms: int, n_random: int, n_hypo
             name = targets[j % len(targets)]
             b = fields[name][3]
             if name in ids:
-                text = f"{text}-{j}"[-b["max_length"]:]
+                text = _id(run_id, text, j, b["max_length"])
             yield valid(f"hypothesis:text:{name}", {**base(), name: text}, ascii_only=j % 2 == 0)
         for j, n in enumerate(hypothesis_draws(st.integers(min_value=-2 ** 70, max_value=2 ** 70), n_hypothesis // 4)):
             if not ints:
@@ -413,6 +419,12 @@ def _topic_records(topic: str, run_id: str, start_ms: int, n_random: int, n_hypo
             doc = {**base(), name: n}
             yield valid(f"hypothesis:int:{name}", doc) if b["ge"] <= n <= b["le"] else \
                 dead(f"hypothesis:int:{name}", _dumps(doc), ErrorKind.SCHEMA)
+
+
+def _id(run_id: str, text: str, n, max_length: int) -> str:
+    """An id holding `text` that stays unique (suffix `-n`) and starts with the run's prefix (tests clean up by it)."""
+    head, tail = f"{run_id}-", f"-{n}" if n != "" else ""
+    return head + text[:max_length - len(head) - len(tail)] + tail
 
 
 def _pad(doc: Dict[str, Any], size: int) -> bytes:

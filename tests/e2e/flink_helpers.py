@@ -52,11 +52,13 @@ def poll(check: Callable[[], object], timeout_s: float, what: str, interval_s: f
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
-def produce_with_offsets(records, topic: str, bootstrap: str) -> List[Tuple[int, int]]:
-    """Produce ProducedRecords (event time as Kafka timestamp); return (partition, offset) per record, in order."""
+def produce_with_offsets(records, topic: str, bootstrap: str,
+                         extra_config: Optional[dict] = None) -> List[Tuple[int, int]]:
+    """Produce ProducedRecords (event time as Kafka timestamp); return (partition, offset) per record, in order.
+    `extra_config`: librdkafka settings, e.g. message.max.bytes for records near the broker's 1 MiB limit."""
     from workloads.produce import produce
 
-    return produce(records, topic, bootstrap)
+    return produce(records, topic, bootstrap, extra_config)
 
 
 def commit_group_at_end(group: str, topics, bootstrap: str) -> None:
