@@ -374,3 +374,31 @@ def test_lead_row_clips_company_and_lead_source_to_their_columns():
 
 def test_hostile_texts_are_all_used():
     assert {"nul", "emoji", "rtl", "sql", "lua", "long"} <= set(TEXTS)
+
+
+def test_the_archive_keeps_every_hostile_record_and_never_raises(corpus):
+    """The archive pipeline's row builder and Arrow table (io_connectors.parquet_archive) over the whole corpus:
+    every record with a value is archived with its exact bytes; only a null value (a tombstone) is refused."""
+    from io_connectors.parquet_archive import archive_schema, kafka_record_to_row, rows_to_table
+
+    refused = []
+    for rec, r in zip(_records(corpus), corpus):
+        schema = archive_schema(r.topic)
+        table, bad = rows_to_table([kafka_record_to_row(rec, schema)], schema)
+        if bad:
+            refused.append(r.case)
+        else:
+            assert table.column("payload").to_pylist() == [r.value], r.case
+    assert set(refused) == {"json:null_value"}
+
+
+@pytest.mark.parametrize("payload", [b'{"tokens_in": 100000000000000000000000000000}', b'{"turn_id": "\\ud800"}',
+                                     b'{"latency_ms": 1' + b"0" * 400 + b"}", b'{"a":' * 10_000 + b"1" + b"}" * 10_000])
+def test_archive_columns_that_do_not_fit_are_null_not_an_error(payload):
+    from io_connectors.parquet_archive import archive_schema, kafka_record_to_row, rows_to_table
+
+    schema = archive_schema(topics.TURNS)
+    table, bad = rows_to_table([kafka_record_to_row(KafkaRecord(topics.TURNS, 0, 1, None, payload, _TS), schema)],
+                               schema)
+    assert bad == [] and table.column("payload").to_pylist() == [payload]
+    assert table.column("turn_id").to_pylist() == [None]
