@@ -20,7 +20,7 @@ from events import topics
 from events.contracts import AgentTurnCompleted
 from io_connectors.postgres import pg_text
 from tests.e2e.flink_helpers import (commit_group_at_end, dead_letters_at, end_offsets, poll, produce_with_offsets,
-                                     readme_pipeline)
+                                     readme_pipeline, wait_for_rows)
 from transforms.pii import PiiPolicy, Redactor, load_hmac_key
 from transforms.scoring import PriceTable, Scored, score_turn
 from transforms.turns import session_state_event, turn_to_row
@@ -65,12 +65,7 @@ def test_hostile_kpi_topics_on_flink(stack, pg_conn, kafka_settings, redis_setti
 
     try:
         with readme_pipeline("kpi", run_id, None, "--early_firing_seconds=2") as job:
-            def landed():
-                with pg_conn.cursor() as cur:
-                    cur.execute("SELECT count(*) FROM agent_turns WHERE session_id LIKE %s", (f"{prefix}-%",))
-                    return cur.fetchone()[0] >= len(expected)
-
-            poll(landed, 150, f"{len(expected)} hostile turns in agent_turns")
+            wait_for_rows(pg_conn, "agent_turns", "session_id", f"{prefix}-", len(expected), 150)
             with pg_conn.cursor() as cur:
                 cur.execute("SELECT session_id, turn_id, user_id, model, tokens_in, tokens_out, response_text, ts_ms, "
                             "estimated_cost_usd, quality_score FROM agent_turns WHERE session_id LIKE %s",
@@ -80,8 +75,9 @@ def test_hostile_kpi_topics_on_flink(stack, pg_conn, kafka_settings, redis_setti
             wrong = []
             for key, (r, _turn, want) in expected.items():
                 got = rows[key]
-                if got[2:8] != (want["user_id"], want["model"], want["tokens_in"], want["tokens_out"],
-                                pg_text(want["response_text"]), want["ts_ms"]) \
+                if got[2:8] != tuple(pg_text(v) if isinstance(v, str) else v for v in (
+                        want["user_id"], want["model"], want["tokens_in"], want["tokens_out"], want["response_text"],
+                        want["ts_ms"])) \
                         or float(got[8]) != pytest.approx(want["estimated_cost_usd"], abs=1e-6) \
                         or got[9] != want["quality_score"]:
                     wrong.append((r.case, got[2:10], want["response_text"][:40]))
