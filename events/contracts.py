@@ -23,6 +23,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from events.dead_letters import Source  # (topic, partition, offset) of an event's Kafka record
 
+# Upper bounds of integer fields (issue 15: a huge integer was valid, then overflowed a column or a sum downstream,
+# or crashed a row builder). Counts fit a Postgres INTEGER even as a sum of two (total_tokens); sums of many fit
+# BIGINT. Epoch-ms fields stay within what datetime and timestamptz represent (year 9999).
+MAX_COUNT = 10 ** 9
+# Tokens of one turn: no model reads or writes more than a few million; 10 M keeps the priciest model of the
+# price table (config/model_prices.json, $0.09 per 1k tokens in + out) below agent_turns.estimated_cost_usd's
+# DECIMAL(10, 6) maximum (9,999.999999).
+MAX_TURN_TOKENS = 10 ** 7
+MAX_INT32 = 2 ** 31 - 1
+MAX_BIGINT = 2 ** 63 - 1
+MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
 
 _FIELD_NAMES: Dict[type, frozenset] = {}  # per-class field names, for the hot path of with_metadata
 # BaseModel's slots, set directly by with_metadata (what object.__setattr__ does, minus the name lookup)
@@ -61,7 +73,8 @@ class EventModel(BaseModel):
     (`DeadLetter.of_event`). It is not metadata: rows never carry it.
     """
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False)
+    # allow_inf_nan=False: NaN and +-Infinity (and 1e999, which parses as inf) are not a latency or a cost
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False, allow_inf_nan=False)
     SCHEMA_VERSION: ClassVar[int] = 1
 
     # le: a version newer than this consumer knows is an error (a model that bumps SCHEMA_VERSION redeclares it)
@@ -151,8 +164,8 @@ class AgentTurnCompleted(StrictEventModel):
     account_id: Optional[str] = Field(None, description="tenant that billing aggregates on")
     channel: str = "web_chat"
     model_name: str = Field(..., min_length=1, max_length=100, alias="model_name")
-    tokens_in: int = Field(..., ge=0)
-    tokens_out: int = Field(..., ge=0)
+    tokens_in: int = Field(..., ge=0, le=MAX_TURN_TOKENS)
+    tokens_out: int = Field(..., ge=0, le=MAX_TURN_TOKENS)
     latency_ms: float = Field(..., ge=0)
     response_text: str = ""
     user_message: Optional[str] = None
@@ -177,8 +190,8 @@ class AgentToolInvoked(StrictEventModel):
     error_message: Optional[str] = None
     arguments: Dict[str, Any] = Field(default_factory=dict, description="tool input; may hold PII")
     result_summary: Optional[str] = None
-    input_bytes: Optional[int] = Field(None, ge=0)
-    output_bytes: Optional[int] = Field(None, ge=0)
+    input_bytes: Optional[int] = Field(None, ge=0, le=MAX_COUNT)
+    output_bytes: Optional[int] = Field(None, ge=0, le=MAX_COUNT)
 
 
 class AgentSessionUpdated(StrictEventModel):
@@ -186,17 +199,17 @@ class AgentSessionUpdated(StrictEventModel):
 
     event_type: str = "text_agent.session_updated"
     session_id: str = Field(..., min_length=1, max_length=100)
-    seq: int = Field(..., ge=0, description="monotonic per session: newer state has a larger seq")
+    seq: int = Field(..., ge=0, le=MAX_BIGINT, description="monotonic per session: newer state has a larger seq")
     user_id: Optional[str] = None
     account_id: Optional[str] = Field(None, description="tenant that billing aggregates on")
     channel: str = "web_chat"
     status: str = Field("active", description="active | idle | escalated | ended")
     last_turn_id: Optional[str] = None
     last_message: Optional[str] = None
-    total_turns: int = Field(0, ge=0)
+    total_turns: int = Field(0, ge=0, le=MAX_COUNT)
     avg_response_time_ms: Optional[float] = Field(None, ge=0)
-    started_at_ms: Optional[int] = None
-    ended_at_ms: Optional[int] = None
+    started_at_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
+    ended_at_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
 
 
 # --- iheardAI_Frontend ------------------------------------------------------------------------------------
@@ -227,25 +240,25 @@ class FrontendUserInteraction(_FrontendBase):
     viewport_size: Optional[str] = None
     widget_id: Optional[str] = None
     interaction_type: Optional[str] = None
-    time_on_page: Optional[int] = Field(None, ge=0, description="seconds since the page loaded")
+    time_on_page: Optional[int] = Field(None, ge=0, le=MAX_COUNT, description="seconds since the page loaded")
     element_id: Optional[str] = None
     element_class: Optional[str] = None
     element_text: Optional[str] = None
     click_coordinates: Optional[Dict[str, float]] = None
-    message_length: Optional[int] = Field(None, ge=0)
+    message_length: Optional[int] = Field(None, ge=0, le=MAX_COUNT)
 
 
 class FrontendSessionAnalytics(_FrontendBase):
     """`frontend.session.analytics`: a browser session's summary, sent on page hide and at session end."""
 
     event_type: str = "frontend.session_analytics"
-    started_at_ms: int
-    ended_at_ms: Optional[int] = None
-    duration_ms: int = Field(0, ge=0)
-    page_views: int = Field(0, ge=0)
-    interactions: int = Field(0, ge=0)
-    widget_opens: int = Field(0, ge=0)
-    messages_sent: int = Field(0, ge=0)
+    started_at_ms: int = Field(..., ge=0, le=MAX_EPOCH_MS)
+    ended_at_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
+    duration_ms: int = Field(0, ge=0, le=MAX_COUNT)
+    page_views: int = Field(0, ge=0, le=MAX_COUNT)
+    interactions: int = Field(0, ge=0, le=MAX_COUNT)
+    widget_opens: int = Field(0, ge=0, le=MAX_COUNT)
+    messages_sent: int = Field(0, ge=0, le=MAX_COUNT)
     landing_page: Optional[str] = None
     exit_page: Optional[str] = None
     referrer: Optional[str] = None
@@ -264,8 +277,8 @@ class FrontendWidgetPerformance(_FrontendBase):
     load_time_ms: float = Field(..., ge=0)
     time_to_interactive_ms: Optional[float] = Field(None, ge=0)
     first_response_ms: Optional[float] = Field(None, ge=0, description="first agent reply after a message")
-    js_errors: int = Field(0, ge=0)
-    render_errors: int = Field(0, ge=0)
+    js_errors: int = Field(0, ge=0, le=MAX_COUNT)
+    render_errors: int = Field(0, ge=0, le=MAX_COUNT)
     connection_type: Optional[str] = None
 
 
@@ -286,10 +299,10 @@ class MarketoLeadDelta(EventModel):
     lead export carry `bulk:<leadId>:<updatedAt ms>`. `timestamp` is when the change happened (ms).
     """
 
-    lead_id: int = Field(..., ge=1)
+    lead_id: int = Field(..., ge=1, le=MAX_INT32)  # marketo_leads.lead_id is INTEGER
     marketo_guid: str = Field(..., min_length=1)
     change_type: str = "lead_change"  # lead_change | new_lead | bulk_export
-    activity_type_id: Optional[int] = None
+    activity_type_id: Optional[int] = Field(None, ge=-MAX_INT32, le=MAX_INT32)
     email: Optional[str] = None
     first_name: Optional[str] = None
     last_name: Optional[str] = None
@@ -298,12 +311,12 @@ class MarketoLeadDelta(EventModel):
     phone: Optional[str] = None
     lead_source: Optional[str] = None
     lead_status: Optional[str] = None
-    lead_score: Optional[int] = None
+    lead_score: Optional[int] = Field(None, ge=-MAX_COUNT, le=MAX_COUNT)
     country: Optional[str] = None
     state: Optional[str] = None
     city: Optional[str] = None
-    created_at_ms: Optional[int] = None
-    updated_at_ms: Optional[int] = None
+    created_at_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
+    updated_at_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
     changes: List[LeadFieldChange] = Field(default_factory=list)
     attributes: Dict[str, Any] = Field(default_factory=dict)
 
@@ -319,12 +332,12 @@ class BillingUsageMetered(StrictEventModel):
 
     event_type: str = "billing.usage_metered"
     account_id: str = Field(..., min_length=1, max_length=100)
-    hour_start_ms: int = Field(..., ge=0, description="start of the event-time hour, epoch ms")
-    turns: int = Field(0, ge=0)
-    tokens_in: int = Field(0, ge=0)
-    tokens_out: int = Field(0, ge=0)
-    tool_invocations: int = Field(0, ge=0)
+    hour_start_ms: int = Field(..., ge=0, le=MAX_EPOCH_MS, description="start of the event-time hour, epoch ms")
+    turns: int = Field(0, ge=0, le=MAX_BIGINT)
+    tokens_in: int = Field(0, ge=0, le=MAX_BIGINT)
+    tokens_out: int = Field(0, ge=0, le=MAX_BIGINT)
+    tool_invocations: int = Field(0, ge=0, le=MAX_BIGINT)
     estimated_cost_usd: float = Field(0.0, ge=0)
-    revision: int = Field(0, ge=0)
+    revision: int = Field(0, ge=0, le=MAX_BIGINT)
     is_final: bool = False
 

@@ -135,16 +135,31 @@ def check_schema_evolution(old: pa.Schema, new: pa.Schema) -> None:
         raise ValueError("incompatible schema change: " + "; ".join(problems))
 
 
+_INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+
 def _coerce(value: Any, type_: pa.DataType) -> Any:
     """A parsed JSON value as the column's type, or None when it does not fit (never an error)."""
     if value is None:
         return None
     if pa.types.is_string(type_):
-        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    if pa.types.is_integer(type_):
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        if not text.isascii():  # a lone surrogate (a "\ud800" escape) has no UTF-8 form: Arrow would refuse the row
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return None
+        return text
+    if pa.types.is_integer(type_):  # the archive's integer columns are int64 (a huge JSON integer is not)
+        return value if isinstance(value, int) and not isinstance(value, bool) and _INT64[0] <= value <= _INT64[1] \
+            else None
     if pa.types.is_floating(type_):
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            return None
     if pa.types.is_boolean(type_):
         return value if isinstance(value, bool) else None
     return None
@@ -158,7 +173,7 @@ def kafka_record_to_row(record: KafkaRecord, schema: pa.Schema) -> Dict[str, Any
         "event_time": datetime.fromtimestamp(record.timestamp_ms / 1000, tz=timezone.utc)}
     try:
         doc = json.loads(record.value)
-    except (TypeError, ValueError, UnicodeDecodeError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack (issue 15)
         doc = None
     if not isinstance(doc, dict):
         doc = {}
@@ -192,13 +207,13 @@ def rows_to_table(rows: Sequence[Dict[str, Any]], schema: pa.Schema,
     try:
         table = pa.Table.from_pylist(list(rows), schema=schema)
         bad: List[Tuple[Dict[str, Any], str]] = []
-    except (pa.ArrowException, TypeError, ValueError):
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
         good, bad = [], []
         for r in rows:  # isolate the offenders
             try:
                 pa.Table.from_pylist([r], schema=schema)
                 good.append(r)
-            except (pa.ArrowException, TypeError, ValueError) as e:
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
                 bad.append((r, f"{type(e).__name__}: {e}"))
         table = pa.Table.from_pylist(good, schema=schema)
     nonnull = [f.name for f in schema if not f.nullable]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import zlib
 from collections import defaultdict
 from datetime import date, datetime
@@ -82,8 +83,26 @@ def _json_default(v: Any) -> Any:
     return str(v)
 
 
-# One encoder for all JSON columns: json.dumps(default=...) builds a new encoder on every call.
-_JSON = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+# One encoder for all JSON columns: json.dumps(default=...) builds a new encoder on every call. allow_nan=False:
+# jsonb has no NaN/Infinity, so such a row is refused here (a dead letter naming the value) without a round trip.
+_JSON = json.JSONEncoder(default=_json_default, separators=(",", ":"), allow_nan=False)
+
+# Postgres text and jsonb cannot hold U+0000 (COPY: "invalid byte sequence for encoding UTF8: 0x00"; jsonb:
+# "unsupported Unicode escape sequence"). The event is valid and the other sinks (Redis, Parquet, the DLQ)
+# keep it exactly, so the Postgres sink writes U+FFFD (REPLACEMENT CHARACTER) in its place (issue 15).
+NUL_REPLACEMENT = "\ufffd"
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # an escaped NUL, not an escaped backslash + "u0000"
+
+
+def pg_text(v: str) -> str:
+    """`v` as Postgres text stores it: every NUL replaced by U+FFFD."""
+    return v.replace("\x00", NUL_REPLACEMENT) if "\x00" in v else v
+
+
+def pg_json(v: Any) -> str:
+    """`v` as JSON text jsonb accepts (ASCII, NUL escapes replaced by U+FFFD's); ValueError for NaN/Infinity."""
+    text = _JSON.encode(v)
+    return _JSON_NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
 
 
 def _table_ident(table: str):
@@ -211,7 +230,7 @@ class PostgresUpserter:
     # writing ----------------------------------------------------------------------------------------------
     def _values(self, row: Dict[str, Any]) -> List[Any]:
         get = row.get
-        return [_JSON.encode(v) if is_json and v is not None else v
+        return [(pg_json(v) if v is not None else None) if is_json else pg_text(v) if type(v) is str else v
                 for c, is_json in self._colspec for v in (get(c),)]
 
     def dedupe(self, rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:

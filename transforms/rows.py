@@ -104,9 +104,10 @@ def lead_to_row(scored: Scored) -> Dict[str, Any]:
         "email": lead.email or "",
         "full_name": (s["full_name"] or None) and _clip(s["full_name"], 200),
         "phone": lead.phone,
-        "company": lead.company,
-        "lead_source": lead.lead_source,
-        "email_domain": s["email_domain"],
+        # VARCHAR columns (sql/005): a longer clear value is cut rather than the whole lead refused (issue 15)
+        "company": lead.company and _clip(lead.company, 255),
+        "lead_source": lead.lead_source and _clip(lead.lead_source, 100),
+        "email_domain": s["email_domain"] and _clip(s["email_domain"], 100),
         "lead_quality_score": s["lead_quality_score"],
         "engagement_level": s["engagement_level"],
         "conversion_probability": s["conversion_probability"],

@@ -52,11 +52,27 @@ def poll(check: Callable[[], object], timeout_s: float, what: str, interval_s: f
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
-def produce_with_offsets(records, topic: str, bootstrap: str) -> List[Tuple[int, int]]:
-    """Produce ProducedRecords (event time as Kafka timestamp); return (partition, offset) per record, in order."""
+def wait_for_rows(pg_conn, table: str, column: str, prefix: str, n: int, timeout_s: float) -> None:
+    """Poll until `table` holds at least `n` rows whose `column` starts with `prefix` (a test's run prefix)."""
+    from psycopg2 import sql
+
+    query = sql.SQL("SELECT count(*) FROM {} WHERE {} LIKE %s").format(sql.Identifier(table), sql.Identifier(column))
+
+    def enough():
+        with pg_conn.cursor() as cur:
+            cur.execute(query, (f"{prefix}%",))
+            return cur.fetchone()[0] >= n
+
+    poll(enough, timeout_s, f"{n} rows of {prefix}* in {table}")
+
+
+def produce_with_offsets(records, topic: str, bootstrap: str,
+                         extra_config: Optional[dict] = None) -> List[Tuple[int, int]]:
+    """Produce ProducedRecords (event time as Kafka timestamp); return (partition, offset) per record, in order.
+    `extra_config`: librdkafka settings, e.g. message.max.bytes for records near the broker's 1 MiB limit."""
     from workloads.produce import produce
 
-    return produce(records, topic, bootstrap)
+    return produce(records, topic, bootstrap, extra_config)
 
 
 def commit_group_at_end(group: str, topics, bootstrap: str) -> None:
