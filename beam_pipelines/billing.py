@@ -27,7 +27,7 @@ from io_connectors.settings import KafkaSettings
 from events.contracts import BillingUsageMetered
 from transforms.scoring import ScoreAgentTurns
 from events.dead_letters import split_dead_letters
-from events.dead_letters import Tags
+from events.dead_letters import DeadLetter, ErrorKind, Tags
 from transforms.windows import BILLING_COLUMNS, HOUR_S, HourlyUsagePerAccount, scored_turn_activity, tool_activity
 
 TOPICS = (topics.TURNS, topics.TOOLS)
@@ -42,6 +42,20 @@ def usage_message(row: dict) -> Tuple[bytes, bytes]:
         estimated_cost_usd=row["estimated_cost_usd"], revision=row["revision"], is_final=row["is_final"],
         timestamp=hour_ms + HOUR_S * 1000 - 1)
     return f"{row['account_id']}|{hour_ms}".encode(), json.dumps(msg.model_dump(), sort_keys=True).encode()
+
+
+class _UsageMessageFn(beam.DoFn):
+    """usage_message, or a dead letter when a row does not make a valid BillingUsageMetered (an account id or a
+    sum beyond the contract's bounds): the job must not fail on what its input made of a total."""
+
+    def process(self, row: dict):
+        try:
+            yield usage_message(row)
+        except (ValueError, TypeError) as e:  # pydantic's ValidationError is a ValueError
+            yield beam.pvalue.TaggedOutput(Tags.DEAD_LETTER.value, DeadLetter.of(
+                json.dumps(row, default=str, sort_keys=True).encode(), step="ToUsageMessage",
+                error_class=ErrorKind.TRANSFORM.value, error_message=f"{type(e).__name__}: {e}"[:2000],
+                topic=topics.TURNS))
 
 
 def build(p: beam.Pipeline, opts) -> None:
@@ -62,8 +76,10 @@ def build(p: beam.Pipeline, opts) -> None:
     dead_letters.append(usage | "UpsertBillingUsage" >> WriteToPostgres(
         "billing_usage", ("account_id", "hour_start"), BILLING_COLUMNS, version_column="revision",
         batch_size=sink.pg_batch_size, max_attempts=sink.pg_max_attempts, source_topic=topics.TURNS))
-    (usage
-     | "ToUsageMessage" >> beam.Map(usage_message).with_output_types(Tuple[bytes, bytes])
+    messages = usage | "ToUsageMessage" >> beam.ParDo(_UsageMessageFn()).with_output_types(
+        Tuple[bytes, bytes]).with_outputs(Tags.DEAD_LETTER.value, main="messages")
+    dead_letters.append(messages[Tags.DEAD_LETTER.value])
+    (messages.messages
      | "PublishUsage" >> WriteToKafka(
          producer_config={**KafkaSettings.from_env().client_config(), "acks": "all", "enable.idempotence": "true"},
          topic=topics.BILLING,

@@ -402,3 +402,14 @@ def test_archive_columns_that_do_not_fit_are_null_not_an_error(payload):
                                schema)
     assert bad == [] and table.column("payload").to_pylist() == [payload]
     assert table.column("turn_id").to_pylist() == [None]
+
+
+def test_a_billing_row_beyond_the_usage_contract_becomes_a_dead_letter_not_a_failed_job():
+    from beam_pipelines.billing import _UsageMessageFn
+
+    row = {"account_id": "a" * 500, "hour_start_ms": 1_796_000_400_000, "turns": 1, "tokens_in": 1, "tokens_out": 1,
+           "tool_invocations": 0, "estimated_cost_usd": 0.1, "revision": 1, "is_final": False}
+    out, = list(_UsageMessageFn().process(row))
+    assert out.tag == "dead_letter" and out.value.step == "ToUsageMessage" and "account_id" in out.value.error_message
+    ok, = list(_UsageMessageFn().process({**row, "account_id": "acct-1"}))
+    assert ok[0] == b"acct-1|1796000400000"
