@@ -333,8 +333,20 @@ class Collector:
         round k reads the k-th distinct offset of every partition, all partitions in one fetch."""
         from confluent_kafka import TopicPartition
 
+        # A committed offset below the partition's log start (retention deleted those records) is read at the
+        # log start, the oldest record there is: asked for as it was, the fetch is out of range and waits out the
+        # deadline, and every later round (the other groups' positions) goes unread.
+        low: Dict[Tuple[str, int], int] = {}
+        for topic, partition, _ in positions:
+            if (topic, partition) not in low:
+                try:
+                    low[(topic, partition)] = consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=self.timeout_s, cached=False)[0]
+                except Exception:  # noqa: BLE001 - unknown: ask for the offset as it is
+                    low[(topic, partition)] = 0
+        read_at = {pos: max(pos[2], low[(pos[0], pos[1])]) for pos in positions}
         per_partition: Dict[Tuple[str, int], List[int]] = {}
-        for topic, partition, offset in positions:
+        for (topic, partition, _), offset in read_at.items():
             per_partition.setdefault((topic, partition), []).append(offset)
         rounds = max((len(v) for v in per_partition.values()), default=0)
         found: Dict[Tuple[str, int, int], int] = {}
@@ -353,7 +365,8 @@ class Collector:
             finally:
                 consumer.unassign()
         now = time.time()
-        return {pos: max(0.0, now - ts / 1000) for pos, ts in found.items() if ts and ts > 0}
+        return {pos: max(0.0, now - ts / 1000) for pos, at in read_at.items()
+                for ts in (found.get((pos[0], pos[1], at)),) if ts and ts > 0}
 
     # --- sinks -------------------------------------------------------------------------------------------
     def _sinks(self, snap: Snapshot) -> None:
