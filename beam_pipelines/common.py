@@ -10,7 +10,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from beam_pipelines.options import KafkaSourceOptions, consumer_config
 from io_connectors.kafka import ReadKafkaRecords, WriteDeadLetters, position_consumer_group
-from io_connectors.settings import KafkaSettings
+from io_connectors.settings import KafkaSettings, use_principal
 from events.contracts import EventModel
 from events.topics import CONTRACTS
 from transforms.routing import ValidateByTopic
@@ -43,16 +43,21 @@ def write_dead_letters(opts, dead_letters: List[beam.PCollection], topics: Seque
                                               src.expansion_service))
 
 
-def run_pipeline(build, argv, name: str, doc: str, topics: Sequence[str], wait: bool = True):
+def run_pipeline(build, argv, name: str, doc: str, topics: Sequence[str], wait: bool = True,
+                 principal: Optional[str] = None):
     """Parse options, build the graph, position the consumer group on `topics` if asked, submit and watch.
 
     wait=True: the launcher watches the job as the options say (until it ends; with --no_wait_until_finish
-    until it is healthy) and raises launcher.JobFailed when it fails or keeps restarting. wait=False:
+    until it is healthy) and raises launcher.JobFailed when it fails or keeps restarting. principal: the
+    identity on the local secured stack (default `pipeline-<name>`). wait=False:
     return once the job is submitted (the caller watches it). Returns the PipelineResult."""
     from beam_pipelines.launcher import launch
     from beam_pipelines.options import finalize_options
 
     opts = finalize_options(argv, name, doc)
+    # On the local secured stack this process and the sinks it builds connect as the pipeline's own principal
+    # (devstack/principals.py); in a pod, the pod's KAFKA_USER/POSTGRES_USER/REDIS_USERNAME win.
+    use_principal(principal or f"pipeline-{name}")
     p = beam.Pipeline(options=opts)
     build(p, opts)
     src = opts.view_as(KafkaSourceOptions)

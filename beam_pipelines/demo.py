@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from io_connectors.settings import librdkafka_for
 
 PIPELINES = ("kpi", "frontend", "billing", "archive", "leads")
 PREFIX = "iheardai-demo-"
@@ -46,7 +47,7 @@ def _dlq_ends(bootstrap: str) -> dict:
 
     from events.topics import TOPICS
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "iheardai-demo-dlq-count"})
+    c = Consumer({**librdkafka_for(bootstrap), "group.id": "iheardai-demo-dlq-count"})
     try:
         out = {}
         for t in TOPICS:

@@ -44,6 +44,7 @@ from devstack.config import RUN  # noqa: E402
 from events import topics  # noqa: E402
 from io_connectors.settings import KafkaSettings, PostgresSettings, RedisSettings, environment  # noqa: E402
 from workloads.generator import ToolWorkload, TurnWorkload  # noqa: E402
+from io_connectors.settings import librdkafka_for
 
 PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 KPI_TOPICS = (topics.TURNS, topics.TOOLS, topics.SESSIONS)
@@ -203,7 +204,7 @@ def produce(records_by_topic: Dict[str, list], bootstrap: str, rate: Optional[fl
     the produce time of each turn (session_id, turn_id)."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+    p = Producer({**librdkafka_for(bootstrap), "enable.idempotence": True, "acks": "all", "linger.ms": 5,
                   "queue.buffering.max.messages": 1_000_000})
     sent_at: Dict[Tuple[str, str], float] = {}
     stream = [(t, r) for t, recs in records_by_topic.items() for r in recs]
@@ -358,7 +359,7 @@ def start_job(pipeline: str, run_id: str, parallelism: int, extra: List[str]) ->
     """The README's command, from the topic end (--start_from=latest); returns once the job is RUNNING."""
     job = f"bench-{pipeline}-{run_id}"
     cmd = [PY, "-m", f"beam_pipelines.{pipeline}", "--runner=FlinkRunner", "--flink_master=localhost:8081",
-           f"--job_name={job}", f"--consumer_group=bench-{run_id}", "--start_from=latest",
+           f"--job_name={job}", f"--consumer_group=bench-{pipeline}-{run_id}", "--start_from=latest",
            f"--parallelism={parallelism}", "--no_wait_until_finish", *extra]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     if r.returncode:
@@ -377,7 +378,7 @@ def cancel_job(job_name: str) -> None:
 def commit_group_at_end(group: str, topics_: Tuple[str, ...], bootstrap: str) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    c = Consumer({**librdkafka_for(bootstrap), "group.id": group, "enable.auto.commit": False})
     try:
         offsets = []
         for t in topics_:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from events import topics  # noqa: E402
 from tests.producer_helpers import ThrowawayKafka, collector_process  # noqa: E402
+from io_connectors.settings import librdkafka_for
 
 LUA = """
 local n = 0
@@ -109,7 +110,7 @@ def bench_library(bootstrap: str, args) -> list:
     rows = []
     for mode in ("raise", "dead_letter"):
         tmp = Path(tempfile.mkdtemp(prefix="bench-library-"))
-        a = Analytics({"bootstrap.servers": bootstrap}, name=f"bench-{mode}", spill_dir=tmp, on_invalid=mode)
+        a = Analytics(librdkafka_for(bootstrap), name=f"bench-{mode}", spill_dir=tmp, on_invalid=mode)
         sid = f"bench-{uuid.uuid4().hex[:6]}"
         events = [_turn(i, sid) for i in range(args.library_events)]
         t0 = time.perf_counter()

@@ -40,6 +40,24 @@ PORTS = {
     "status": 8000,
     "collector": 8001,
 }
+# A second stack beside the first (another DEVSTACK_HOME, every port shifted), for trying a stack change while
+# the first one runs; the tests and the pipelines' defaults assume the standard ports.
+PORTS = {k: v + int(os.environ.get("DEVSTACK_PORT_OFFSET", "0")) for k, v in PORTS.items()}
+
+
+TLS_DIR = HOME / "tls"  # the local CA and the servers' certificates (devstack/tls.py)
+# The stack runs secured by default, the way production does (SASL_SSL Kafka with one principal per service and
+# ACLs, Postgres and Redis over TLS with a role/user per service). `DEVSTACK_SECURITY=plaintext` before the first
+# `up` gives the old plaintext, one-superuser stack for debugging; switching needs `./run stack down` and the
+# Kafka data wiped (the stack does that itself when the profile of the data differs).
+SECURITY = os.environ.get("DEVSTACK_SECURITY", "secured")
+if SECURITY not in ("secured", "plaintext"):
+    raise SystemExit(f"DEVSTACK_SECURITY must be secured or plaintext, not {SECURITY!r}")
+
+
+def secured() -> bool:
+    """The profile of the settings file once written (else of this process's DEVSTACK_SECURITY)."""
+    return load_env_file().get("DEVSTACK_SECURITY", SECURITY) == "secured"
 
 
 def load_env_file(path: Path = ENV_FILE) -> dict:
@@ -55,6 +73,12 @@ def load_env_file(path: Path = ENV_FILE) -> dict:
 def ensure_env_file() -> dict:
     """Local credentials: generated once, kept in a 0600 file, never printed."""
     env = load_env_file()
+    if env and env.get("DEVSTACK_SECURITY", "plaintext") != SECURITY:
+        # another profile's settings: its identity keys would win over the new ones (settings precedence)
+        for k in PROFILE_KEYS:
+            env.pop(k, None)
+        env["DEVSTACK_SECURITY"] = SECURITY
+        _write_env(env)
     wanted = {
         "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{PORTS['kafka']}",
         "POSTGRES_HOST": "localhost",
@@ -78,21 +102,53 @@ def ensure_env_file() -> dict:
         "BEAM_EXPANSION_SERVICE": f"localhost:{PORTS['expansion-service']}",
         "BEAM_WORKER_POOL": f"localhost:{PORTS['worker-pool']}",
     }
+    if SECURITY == "secured":
+        for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "REDIS_PASSWORD"):
+            wanted.pop(k)  # each service connects as its own principal (io_connectors/settings.py)
+        ca = str(TLS_DIR / "ca.crt")
+        wanted.update({
+            "IHEARDAI_SECRETS_DIR": str(SECRETS),  # <system>/<principal>.password, 0600 (devstack/principals.py)
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SSL_CA_FILE": ca,
+            "KAFKA_PRINCIPAL": "workload",  # the tests', demo's and tools' default identity
+            "POSTGRES_SSLMODE": "verify-full", "POSTGRES_SSLROOTCERT": ca, "POSTGRES_PRINCIPAL": "admin",
+            "REDIS_TLS": "true", "REDIS_TLS_CA_FILE": ca, "REDIS_PRINCIPAL": "admin",
+        })
+    wanted["DEVSTACK_SECURITY"] = SECURITY
     changed = False
     for k, v in wanted.items():
         if k not in env:
             env[k] = v
             changed = True
     if changed:
-        HOME.mkdir(parents=True, exist_ok=True)
-        ENV_FILE.write_text("# written by `python -m devstack up`; local credentials only\n"
-                            + "".join(f"{k}={v}\n" for k, v in env.items()))
-        os.chmod(ENV_FILE, 0o600)
+        _write_env(env)
     _ensure_secrets_dir()
     from transforms.field_crypto import ensure_ring_file
 
     ensure_ring_file(Path(env["IHEARDAI_FIELD_KEYS_FILE"]))  # created once; rotate with `field_crypto add-key`
     return env
+
+
+# Settings that differ between the profiles (dropped from the file when the profile changes).
+PROFILE_KEYS = ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_SSLMODE", "POSTGRES_SSLROOTCERT", "POSTGRES_PRINCIPAL",
+                "REDIS_PASSWORD", "REDIS_TLS", "REDIS_TLS_CA_FILE", "REDIS_PRINCIPAL", "KAFKA_SECURITY_PROTOCOL",
+                "KAFKA_SASL_MECHANISM", "KAFKA_SSL_CA_FILE", "KAFKA_PRINCIPAL", "IHEARDAI_SECRETS_DIR")
+
+
+def _write_env(env: dict) -> None:
+    HOME.mkdir(parents=True, exist_ok=True)
+    ENV_FILE.write_text("# written by `python -m devstack up`; local credentials only\n"
+                        + "".join(f"{k}={v}\n" for k, v in env.items()))
+    os.chmod(ENV_FILE, 0o600)
+
+
+def ensure_security() -> None:
+    """The secured profile's key material: the CA and server certificates, one password per principal."""
+    if not secured():
+        return
+    from devstack import principals, tls
+
+    tls.ensure_tls(TLS_DIR)
+    principals.ensure_passwords(HOME)
 
 
 def _ensure_secrets_dir() -> Path:

@@ -63,6 +63,7 @@ class Principal:
     pg_write: Tuple[str, ...] = ()
     pg_read: Tuple[str, ...] = ()
     pg_owner: bool = False
+    pg_monitor: bool = False  # Postgres' pg_monitor role (server statistics, for the exporter)
     redis_keys: Tuple[str, ...] = ()
     redis_commands: Tuple[str, ...] = ()
     redis_admin: bool = False
@@ -75,7 +76,7 @@ class Principal:
 
 def _systems(p: Principal) -> Tuple[str, ...]:
     return tuple(s for s, on in (("kafka", p.kafka_read or p.kafka_write or p.kafka_admin),
-                                 ("postgres", p.pg_write or p.pg_read or p.pg_owner),
+                                 ("postgres", p.pg_write or p.pg_read or p.pg_owner or p.pg_monitor),
                                  ("redis", p.redis_keys or p.redis_commands or p.redis_admin)) if on)
 
 
@@ -93,7 +94,10 @@ def principals() -> Tuple[Principal, ...]:
         out.append(Principal(
             f"pipeline-{name}", f"the {name} pipeline (Flink job, Kafka IO and its Python workers)",
             kafka_read=reads, kafka_write=tuple(registry.dlq_topic(t) for t in reads) + extra["topics"],
-            kafka_groups=(f"iheardai-{name}",), pg_write=extra["tables"],
+            # production's group is iheardai-<name>; the local stack's demo, e2e tests and benchmarks run the
+            # pipeline as iheardai-demo-<name>, e2e-<name>-<run> and bench-<name>-<run>
+            kafka_groups=(f"iheardai-{name}", f"iheardai-demo-{name}", f"e2e-{name}-", f"bench-{name}-"),
+            pg_write=extra["tables"],
             redis_keys=extra["redis"], redis_commands=REDIS_KPI_COMMANDS if extra["redis"] else ()))
     out += [
         Principal("marketo-extractor", "the Marketo extractor job (publishes lead deltas, keeps its cursor)",
@@ -105,10 +109,14 @@ def principals() -> Tuple[Principal, ...]:
                   kafka_write=tuple(t for t in inputs if not t.startswith("frontend."))),
         Principal("workload", "the local test and demo workload (produces every input, reads back every topic)",
                   kafka_read=tuple(t.name for t in registry.all_topics()), kafka_write=product_topics,
-                  kafka_groups=("iheardai-workload",)),
+                  # it also positions the test and demo pipelines' groups before their jobs start
+                  kafka_groups=("iheardai-workload", "iheardai-demo-", "e2e-", "bench-", "producer-tests")),
+        Principal("status", "the status service (consumer lag of every group, the age of the records behind)",
+                  kafka_read=tuple(t.name for t in registry.all_topics()),
+                  kafka_groups=("iheardai-", "e2e-", "bench-")),
         Principal("analytics", "read-only BI users and the status service", pg_read=SINK_TABLES),
-        Principal("monitor", "the Redis exporter and status probes (server stats, no keys)",
-                  redis_commands=REDIS_MONITOR_COMMANDS),
+        Principal("monitor", "the Postgres and Redis exporters and status probes (server stats, no rows or keys)",
+                  redis_commands=REDIS_MONITOR_COMMANDS, pg_monitor=True),
         Principal("admin", "the operator: topics, ACLs, SCRAM users; owns the schema (migrations)",
                   kafka_admin=True, pg_owner=True, redis_admin=True),
     ]
@@ -196,6 +204,8 @@ def postgres_statements(ps: Iterable[Principal], passwords: Mapping[str, str], d
             out.append((f"GRANT ALL ON SCHEMA public TO {role}", ()))
             out.append((f"ALTER DATABASE {database} OWNER TO {role}", ()))
             continue
+        if p.pg_monitor:
+            out.append((f"GRANT pg_monitor TO {role}", ()))
         out.append((f"REVOKE CREATE ON SCHEMA public FROM {role}", ()))
         out.append((f"GRANT USAGE ON SCHEMA public TO {role}", ()))
         for t in p.pg_write:

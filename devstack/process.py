@@ -36,16 +36,18 @@ def http_json(url: str, timeout: float = 2.0):
         return json.loads(r.read().decode())
 
 
-def run(cmd: List[str], log_name: str, **kw) -> None:
-    """Run an install step to completion, its output appended to a log; raise with the log's tail."""
+def run(cmd: List[str], log_name: str, shown: Optional[List[str]] = None, **kw) -> None:
+    """Run an install step to completion, its output appended to a log; raise with the log's tail.
+    `shown`: the command as logged, when its arguments hold a secret."""
     LOGS.mkdir(parents=True, exist_ok=True)
     logf = LOGS / f"{log_name}.log"
+    shown_cmd = ' '.join(map(str, shown if shown is not None else cmd))
     with open(logf, "ab") as out:
-        out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
+        out.write(f"\n$ {shown_cmd}\n".encode())
         out.flush()
         rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
     if rc != 0:
-        raise StackError(f"{log_name}: `{' '.join(map(str, cmd))}` exited {rc}\n{tail(logf)}")
+        raise StackError(f"{log_name}: `{shown_cmd}` exited {rc}\n{tail(logf)}")
 
 
 def tail(path: Path, lines: int = 25) -> str:

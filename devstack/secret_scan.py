@@ -99,8 +99,8 @@ def collect_secrets(home: Path, environ: Mapping[str, str]) -> List[Secret]:
                 **{k: v for k, v in environ.items() if k.startswith(PROJECT_PREFIXES)}}
     found: List[Secret] = []
     for name, value in sorted(settings.items()):
-        if not SECRET_NAME.search(name.removesuffix("_FILE")) or not value:
-            continue
+        if not SECRET_NAME.search(name.removesuffix("_FILE")) or not value or name.endswith("_DIR"):
+            continue  # a *_DIR setting names where secrets are (read below), it is not one
         found += _file_secrets(name, Path(value)) if name.endswith("_FILE") else [Secret(name, value)]
     for path in sorted((home / "secrets").rglob("*")) if (home / "secrets").is_dir() else ():
         if path.is_file():

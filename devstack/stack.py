@@ -14,7 +14,7 @@ import sys
 import time
 from typing import List, Optional
 
-from devstack.config import DATA, DOWNLOADS, ENV_FILE, LOGS, RUN, ensure_env_file, load_env_file
+from devstack.config import DATA, DOWNLOADS, ENV_FILE, LOGS, RUN, ensure_env_file, ensure_security, load_env_file
 from devstack.process import StackError, log, pid_alive, port_open, read_pid, wait_until
 from devstack.services import (Service, beam_services, collector, flink, kafka, monitoring, postgres, redis, s3,
                                worker_pool)
@@ -49,6 +49,7 @@ def up(names: Optional[List[str]] = None) -> int:
     for d in (DOWNLOADS, DATA, RUN, LOGS):
         d.mkdir(parents=True, exist_ok=True)
     ensure_env_file()
+    ensure_security()
     for svc in SERVICES:
         if names and svc.name not in names:
             continue

@@ -22,6 +22,7 @@ from events.topics import dlq_topic
 from events.dead_letters import (DEFAULT_MAX_PAYLOAD_BYTES, MAX_ENVELOPE_OVERHEAD_BYTES, MIN_MAX_PAYLOAD_BYTES,
                                      DeadLetter)
 from events.metrics import step_namespace
+from io_connectors.settings import current_principal
 from events.records import KafkaRecord
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,10 @@ class _ProduceDeadLettersFn(beam.DoFn):
     such element; each bundle waits for its acks (at least once, like WriteToKafka), and a delivery error
     fails the bundle so that it is retried."""
 
-    def __init__(self, librdkafka_config: Optional[Dict[str, str]] = None, flush_timeout_s: float = 120.0):
-        self._config = librdkafka_config  # None: from the worker's environment (KafkaSettings)
+    def __init__(self, librdkafka_config: Optional[Dict[str, str]] = None, flush_timeout_s: float = 120.0,
+                 principal: Optional[str] = None):
+        self._config = librdkafka_config  # None: from the worker's environment (KafkaSettings) as `principal`
+        self._principal = principal
         self._flush_timeout_s = flush_timeout_s
         self._written = Metrics.counter(step_namespace("ProduceDeadLetters"), "dead_letters_written_to_other_dlqs")
         self._producer = None
@@ -168,7 +171,8 @@ class _ProduceDeadLettersFn(beam.DoFn):
 
             from io_connectors.settings import KafkaSettings
 
-            conf = self._config if self._config is not None else KafkaSettings.from_env().librdkafka_config()
+            conf = self._config if self._config is not None else KafkaSettings.from_env(
+                self._principal).librdkafka_config()
             self._producer = Producer({**conf, "acks": "all", "enable.idempotence": True,
                                        "message.max.bytes": DLQ_MAX_REQUEST_BYTES, "linger.ms": 20})
         return self._producer
@@ -255,7 +259,8 @@ class WriteDeadLetters(beam.PTransform):
                  key_serializer="org.apache.kafka.common.serialization.ByteArraySerializer",
                  value_serializer="org.apache.kafka.common.serialization.ByteArraySerializer",
                  expansion_service=self._expansion_service))
-        routed[OTHER_KNOWN] | "WriteOtherTopicsDlq" >> beam.ParDo(_ProduceDeadLettersFn(self._librdkafka_config))
+        routed[OTHER_KNOWN] | "WriteOtherTopicsDlq" >> beam.ParDo(_ProduceDeadLettersFn(
+            self._librdkafka_config, principal=current_principal()))
         return PDone(dead_letters.pipeline)
 
 

@@ -353,6 +353,8 @@ class WriteToPostgres(beam.PTransform):
             raise ValueError("batch_size and max_attempts must be >= 1")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}")
+        if settings is None:  # the launcher's principal, by name (resolved in the worker: no password in the graph)
+            settings = PostgresSettings.deferred()
         self._fn = _UpsertFn(dict(table=table, key_columns=tuple(key_columns), columns=tuple(columns),
                                   version_column=version_column, json_columns=tuple(json_columns),
                                   max_attempts=max_attempts, settings=settings, method=method,

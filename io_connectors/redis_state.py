@@ -227,6 +227,8 @@ class WriteSessionState(beam.PTransform):
         if ttl_seconds < 0 or batch_size < 1 or max_attempts < 1 or pipeline_events < 1:
             raise ValueError("ttl_seconds must be >= 0 (0 = no expiry); batch_size, max_attempts, "
                              "pipeline_events >= 1")
+        if settings is None:  # the launcher's principal, by name (resolved in the worker: no password in the graph)
+            settings = RedisSettings.deferred()
         self._fn = _WriteSessionStateFn(ttl_seconds, batch_size, max_attempts, settings, source_topic,
                                         pipeline_events)
 

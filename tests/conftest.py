@@ -16,6 +16,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `after_suite` (the secret scan of what the suite left behind) run last, in order."""
+    items.sort(key=lambda item: item.get_closest_marker("after_suite") is not None)
+
+
 @pytest.fixture(scope="session")
 def stack():
     """The local stack, up and healthy, with the schema migrated."""

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 REPO = Path(__file__).resolve().parent.parent
 
 from tests.e2e.flink_helpers import end_offsets, poll  # noqa: E402,F401 - end_offsets: for the producer tests
+from io_connectors.settings import librdkafka_for
 
 
 def free_port() -> int:
@@ -40,7 +41,7 @@ def read_records(topic: str, bootstrap: str, start: Dict[int, int], want: Callab
     """(partition, offset, key, value) of every record from `start` until `want(records)` is true."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "producer-tests", "enable.auto.commit": False})
+    c = Consumer({**librdkafka_for(bootstrap), "group.id": "producer-tests", "enable.auto.commit": False})
     c.assign([TopicPartition(topic, p, o) for p, o in start.items()])
     out: List[Tuple[int, int, Optional[bytes], dict]] = []
     deadline = time.monotonic() + timeout_s

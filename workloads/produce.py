@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 from workloads.generator import ProducedRecord
+from io_connectors.settings import librdkafka_for
 
 
 def produce(records: List[ProducedRecord], topic: str, bootstrap_servers: str,
@@ -16,7 +17,7 @@ def produce(records: List[ProducedRecord], topic: str, bootstrap_servers: str,
 
     errors: List[str] = []
     positions: List[Optional[Tuple[int, int]]] = [None] * len(records)
-    p = Producer({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all",
+    p = Producer({**librdkafka_for(bootstrap_servers), "enable.idempotence": True, "acks": "all",
                   "linger.ms": 20, **(extra_config or {})})
 
     for i, r in enumerate(records):

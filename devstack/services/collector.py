@@ -16,7 +16,8 @@ LOCAL_ORIGINS = ",".join(f"http://{h}:{p}" for h in ("localhost", "127.0.0.1") f
 
 def collector_start() -> subprocess.Popen:
     return spawn("collector", [sys.executable, "-m", "iheardai_analytics.collector", "--port", str(PORTS["collector"])],
-                 cwd=REPO, env={"COLLECTOR_SPILL_DIR": str(DATA / "collector-spill"),
+                 cwd=REPO, env={"KAFKA_PRINCIPAL": "producer-frontend",  # it writes the frontend topics only
+                               "COLLECTOR_SPILL_DIR": str(DATA / "collector-spill"),
                                 "COLLECTOR_ALLOWED_ORIGINS": LOCAL_ORIGINS})
 
 

@@ -15,7 +15,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from devstack.config import DATA, PORTS, REPO, RUN, ensure_env_file
+from devstack.config import DATA, PORTS, REPO, RUN, ensure_env_file, secured
 from devstack.process import apt_install, port_open, spawn
 from devstack.services import Service
 
@@ -124,6 +124,12 @@ def alertmanager_start() -> subprocess.Popen:
 
 def postgres_exporter_start() -> subprocess.Popen:
     env = ensure_env_file()
+    if secured():  # the monitor principal (pg_monitor: statistics, no rows), over TLS against the local CA
+        from io_connectors.settings import PostgresSettings
+
+        return spawn("postgres-exporter", [
+            "prometheus-postgres-exporter", f"--web.listen-address=127.0.0.1:{PORTS['postgres-exporter']}"],
+            env={"DATA_SOURCE_NAME": PostgresSettings.from_env("monitor").dsn()})
     dsn = (f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@127.0.0.1:{env['POSTGRES_PORT']}/"
            f"{env['POSTGRES_DB']}?sslmode={env.get('POSTGRES_SSLMODE', 'disable')}")
     return spawn("postgres-exporter", [
@@ -133,13 +139,24 @@ def postgres_exporter_start() -> subprocess.Popen:
 
 def redis_exporter_start() -> subprocess.Popen:
     env = ensure_env_file()
+    if secured():  # the monitor ACL user (server statistics, no keys), over TLS against the local CA
+        from io_connectors.settings import RedisSettings
+
+        rs = RedisSettings.from_env("monitor")
+        return spawn("redis-exporter", ["prometheus-redis-exporter"], env={
+            "REDIS_ADDR": f"rediss://localhost:{env['REDIS_PORT']}", "REDIS_USER": rs.username,
+            "REDIS_PASSWORD": rs.password, "REDIS_EXPORTER_TLS_CA_CERT_FILE": env["REDIS_TLS_CA_FILE"],
+            "REDIS_EXPORTER_WEB_LISTEN_ADDRESS": f"127.0.0.1:{PORTS['redis-exporter']}"})
     return spawn("redis-exporter", ["prometheus-redis-exporter"], env={
         "REDIS_ADDR": f"redis://127.0.0.1:{env['REDIS_PORT']}", "REDIS_PASSWORD": env["REDIS_PASSWORD"],
         "REDIS_EXPORTER_WEB_LISTEN_ADDRESS": f"127.0.0.1:{PORTS['redis-exporter']}"})
 
 
 def status_start() -> subprocess.Popen:
-    return spawn("status", [sys.executable, "-m", "observability.status", "--port", str(PORTS["status"])], cwd=REPO)
+    # its own identities: Kafka `status` (reads every topic, describes every group), Postgres `analytics`
+    # (read-only), Redis `monitor` (no keys); a pod sets KAFKA_USER etc. instead
+    return spawn("status", [sys.executable, "-m", "observability.status", "--port", str(PORTS["status"])], cwd=REPO,
+                 env={"KAFKA_PRINCIPAL": "status", "POSTGRES_PRINCIPAL": "analytics", "REDIS_PRINCIPAL": "monitor"})
 
 
 STATUS = Service("status", PORTS["status"], lambda: None, status_start, lambda: _ready(PORTS["status"], "/metrics"),

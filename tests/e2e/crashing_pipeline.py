@@ -18,6 +18,7 @@ from beam_pipelines import launcher  # noqa: F401,I001 - first: it filters Googl
 import apache_beam as beam
 
 from beam_pipelines.common import main, read_records, run_pipeline
+from io_connectors.settings import librdkafka_for
 
 TOPIC = "e2e.launcher.crash"
 ERROR = "crashing_pipeline refuses every element"
@@ -42,14 +43,15 @@ def build(p: beam.Pipeline, opts) -> None:
 
 
 def run(argv: Optional[List[str]] = None, wait: bool = True):
-    return run_pipeline(build, argv, "crashing", __doc__, (TOPIC,), wait)
+    # a test topic no pipeline principal may read: the local stack's admin runs it
+    return run_pipeline(build, argv, "crashing", __doc__, (TOPIC,), wait, principal="admin")
 
 
 def ensure_topic(bootstrap: str) -> None:
     """Create TOPIC (one partition) unless it exists; the broker does not auto-create topics."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(librdkafka_for(bootstrap, "admin"))  # creating topics is the admin's
     if TOPIC not in admin.list_topics(timeout=10).topics:
         for f in admin.create_topics([NewTopic(TOPIC, 1, 1)]).values():
             try:

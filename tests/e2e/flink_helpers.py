@@ -8,6 +8,7 @@ import urllib.request
 from typing import Callable, Dict, List, Optional, Tuple
 
 from io_connectors import settings
+from io_connectors.settings import librdkafka_for
 
 
 def flink_url() -> str:
@@ -81,7 +82,7 @@ def commit_group_at_end(group: str, topics, bootstrap: str) -> None:
     topics (their heartbeats carry recent timestamps and would move the CreateTime watermark ahead)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    c = Consumer({**librdkafka_for(bootstrap), "group.id": group, "enable.auto.commit": False})
     try:
         c.commit(offsets=[TopicPartition(t, p, off) for t in topics for p, off in end_offsets(t, bootstrap).items()],
                  asynchronous=False)
@@ -92,7 +93,7 @@ def commit_group_at_end(group: str, topics, bootstrap: str) -> None:
 def end_offsets(topic: str, bootstrap: str) -> Dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-offsets", "enable.auto.commit": False})
+    c = Consumer({**librdkafka_for(bootstrap), "group.id": "e2e-offsets", "enable.auto.commit": False})
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
@@ -105,7 +106,7 @@ def read_from(topic: str, bootstrap: str, start: Dict[int, int], idle_s: float =
     from confluent_kafka import Consumer, TopicPartition
 
     ends = end_offsets(topic, bootstrap)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader", "enable.auto.commit": False})
+    c = Consumer({**librdkafka_for(bootstrap), "group.id": "e2e-reader", "enable.auto.commit": False})
     try:
         todo = {p: e for p, e in ends.items() if e > start.get(p, 0)}
         c.assign([TopicPartition(topic, p, start.get(p, 0)) for p in todo])
@@ -142,7 +143,7 @@ def advance_watermarks(topic: str, bootstrap: str, ts_ms: int, run_id: str) -> i
     with Kafka timestamp `ts_ms`, so every partition's CreateTime watermark passes the test's windows."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    p = Producer({**librdkafka_for(bootstrap), "acks": "all"})
     parts = p.list_topics(topic, timeout=10).topics[topic].partitions
     for part in parts:
         p.produce(topic, value=f'{{"heartbeat": "{run_id}"}}'.encode(), partition=part, timestamp=ts_ms)
@@ -176,7 +177,7 @@ class readme_pipeline:
         self.name, self.job_name = name, f"e2e-{name}-{run_id}"
         self.cmd = [python(), "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner",
                     *(["--flink_master=localhost:8081"] if flink_master else []),
-                    f"--job_name={self.job_name}", f"--consumer_group=e2e-{run_id}",
+                    f"--job_name={self.job_name}", f"--consumer_group={self.job_name}",
                     *([f"--start_read_time_ms={start_ms}"] if start_ms is not None else []),
                     "--parallelism=2", "--no_wait_until_finish", *extra_args]
         self.timeout_s = timeout_s
@@ -218,10 +219,11 @@ class producing_every_second:
     resumes past the old ones (a restart before the first completed checkpoint resumes from the group's
     committed offsets)."""
 
-    def __init__(self, bootstrap: str, topic: str, run_id: str):
+    def __init__(self, bootstrap: str, topic: str, run_id: str, principal: Optional[str] = None):
         import threading
 
         self._args = (bootstrap, topic, run_id)
+        self._principal = principal  # default: the tests' (workload); a test topic needs the admin
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -229,7 +231,7 @@ class producing_every_second:
         from confluent_kafka import Producer
 
         bootstrap, topic, run_id = self._args
-        producer = Producer({"bootstrap.servers": bootstrap})
+        producer = Producer(librdkafka_for(bootstrap, self._principal))
         i = 0
         while not self._stop.wait(1.0):
             producer.produce(topic, value=f"{run_id}-{i}".encode())

@@ -21,6 +21,7 @@ from io_connectors.clients import s3_client
 from tests.e2e.flink_helpers import end_offsets, poll, produce_with_offsets, read_from, readme_pipeline
 from events.dead_letters import DeadLetter
 from workloads.generator import MixedWorkload, ProducedRecord, TurnWorkload
+from io_connectors.settings import librdkafka_for
 
 pytestmark = pytest.mark.e2e
 HOUR_MS = 3_600_000
@@ -53,7 +54,7 @@ def produce_watermark_ticks(run_id: str, bootstrap: str, ts_ms: int) -> None:
     its watermark per partition on CreateTime, so each partition needs a newer record for the hours to close."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    p = Producer({**librdkafka_for(bootstrap), "acks": "all", "enable.idempotence": True})
     value = json.dumps({"archive_e2e_watermark": run_id}).encode()
     for t in topics.TOPICS:
         for partition in range(t.partitions):

@@ -23,6 +23,7 @@ from transforms.pii import PiiPolicy, Redactor, load_hmac_key
 from transforms.rows import FRONTEND_COLUMNS, frontend_to_row
 from transforms.scoring import Scored, enrich_frontend
 from transforms.validation import parse_event
+from io_connectors.settings import librdkafka_for
 
 pytestmark = pytest.mark.e2e
 GAP_S = 600
@@ -48,7 +49,7 @@ def _produce_one_per_partition(records: List[ProducedRecord], topic: str, bootst
     from confluent_kafka import Producer
 
     out: List[Tuple[int, int]] = [None] * len(records)  # type: ignore[list-item]
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    p = Producer({**librdkafka_for(bootstrap), "enable.idempotence": True, "acks": "all"})
     for i, r in enumerate(records):
         def delivered(err, msg, i=i):
             if err is None:

@@ -26,6 +26,7 @@ from transforms.scoring import PriceTable, Scored, score_turn
 from transforms.turns import session_state_event, turn_to_row
 from workloads.generator import ProducedRecord
 from workloads.hostile import DEAD, VALID, hostile_corpus
+from io_connectors.settings import librdkafka_for
 
 pytestmark = pytest.mark.e2e
 KPI_TOPICS = (topics.TURNS, topics.TOOLS, topics.SESSIONS)
@@ -45,11 +46,11 @@ def test_hostile_kpi_topics_on_flink(stack, pg_conn, kafka_settings, redis_setti
     huge = [r for r in corpus if not r.producible]
     assert huge and all(r.expect == DEAD for r in huge)
     with pytest.raises(KafkaException) as e:
-        Producer({"bootstrap.servers": bootstrap, **BIG}).produce(topics.TURNS, huge[0].value)
+        Producer({**librdkafka_for(bootstrap), **BIG}).produce(topics.TURNS, huge[0].value)
     assert e.value.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
 
     dlq_start = {t: end_offsets(topics.dlq_topic(t), bootstrap) for t in KPI_TOPICS}
-    commit_group_at_end(f"e2e-{run_id}", KPI_TOPICS, bootstrap)
+    commit_group_at_end(f"e2e-kpi-{run_id}", KPI_TOPICS, bootstrap)
     positions = {t: produce_with_offsets([ProducedRecord(r.key, r.value, r.timestamp_ms, r.expect) for r in recs],
                                          t, bootstrap, extra_config=BIG)
                  for t, recs in by_topic.items()}

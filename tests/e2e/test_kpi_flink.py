@@ -66,7 +66,7 @@ def test_kpi_readme_command_lands_turns_whole_sessions_and_dead_letters_per_topi
     assert len(paused) >= 25, "most sessions must pause for hours"
 
     dlq_start = {t: end_offsets(topics.dlq_topic(t), bootstrap) for t in (topics.TURNS, topics.TOOLS, topics.SESSIONS)}
-    commit_group_at_end(f"e2e-{run_id}", (topics.TURNS, topics.TOOLS, topics.SESSIONS), bootstrap)
+    commit_group_at_end(f"e2e-kpi-{run_id}", (topics.TURNS, topics.TOOLS, topics.SESSIONS), bootstrap)
     produced = {topics.TURNS: early.records + later.records, topics.TOOLS: tools.records,
                 topics.SESSIONS: updates.records}
     positions = {t: produce_with_offsets(recs, t, bootstrap) for t, recs in produced.items()}

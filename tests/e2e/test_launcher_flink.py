@@ -28,7 +28,7 @@ def test_a_job_that_fails_at_every_element_makes_the_command_fail_with_its_error
 
     bootstrap = kafka_settings.bootstrap_servers
     crashing_pipeline.ensure_topic(bootstrap)
-    producing = producing_every_second(bootstrap, crashing_pipeline.TOPIC, run_id).start()
+    producing = producing_every_second(bootstrap, crashing_pipeline.TOPIC, run_id, "admin").start()
     job_name = f"e2e-crash-{run_id}"
     started = time.monotonic()
     try:

@@ -71,7 +71,7 @@ def _chromium() -> str:
 
 def test_a_running_pipeline_shows_its_step_counters_its_lag_and_its_page(stack, kafka_settings, run_id):
     bootstrap = kafka_settings.bootstrap_servers
-    group = f"e2e-{run_id}"
+    group = f"e2e-kpi-{run_id}"
     commit_group_at_end(group, kpi.TOPICS, bootstrap)
     turns = TurnWorkload(seed=41, run_id=run_id, sessions=5, duplicate_rate=0, malformed_rate=0).generate(30)
     now_ms = int(time.time() * 1000)
@@ -158,7 +158,7 @@ def test_a_crash_looping_job_shows_as_restarting_with_its_last_exception(stack, 
 
     bootstrap = kafka_settings.bootstrap_servers
     crashing_pipeline.ensure_topic(bootstrap)
-    producing = producing_every_second(bootstrap, crashing_pipeline.TOPIC, run_id).start()
+    producing = producing_every_second(bootstrap, crashing_pipeline.TOPIC, run_id, "admin").start()
     job_name = f"e2e-leads-crash-{run_id}"  # a name that names a pipeline: its alerts name it too
     launcher = subprocess.Popen([sys.executable, "-m", "tests.e2e.crashing_pipeline", "--runner=FlinkRunner",
                                  "--flink_master=localhost:8081", f"--job_name={job_name}",

@@ -39,6 +39,7 @@ from tests.e2e.flink_helpers import (REPO, commit_group_at_end, dead_letters_at,
 from events.dead_letters import ErrorKind
 from workloads.generator import ProducedRecord, TurnWorkload
 from workloads.produce import produce
+from io_connectors.settings import librdkafka_for
 
 pytestmark = pytest.mark.e2e
 
@@ -50,11 +51,11 @@ COMPRESSED = {"compression.type": "zstd", "message.max.bytes": 8_000_000}
 
 
 class _Job(readme_pipeline):
-    """The README's command for the KPI pipeline, on the group `e2e-<run_id>` (readme_pipeline's)."""
+    """The README's command for the KPI pipeline, on the group `e2e-kpi-<run_id>` (readme_pipeline's)."""
 
     def __init__(self, run_id: str, *extra_args: str):
         super().__init__("kpi", run_id, None, *extra_args)
-        self.group = f"e2e-{run_id}"
+        self.group = f"e2e-kpi-{run_id}"
         assert f"--consumer_group={self.group}" in self.cmd
 
 
@@ -98,7 +99,7 @@ def _committed(group: str, bootstrap: str) -> Dict[int, int]:
     """The group's committed offset of every partition of the turns topic."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    c = Consumer({**librdkafka_for(bootstrap), "group.id": group, "enable.auto.commit": False})
     try:
         parts = c.list_topics(topics.TURNS, timeout=10).topics[topics.TURNS].partitions
         return {tp.partition: tp.offset for tp in c.committed([TopicPartition(topics.TURNS, p) for p in parts],
@@ -314,7 +315,7 @@ def test_oversized_records_are_dead_letters_by_reference_without_a_restart(stack
     records = [*w.records[:half], *oversized.values(), *w.records[half:]]
 
     dlq_start = end_offsets(topics.dlq_topic(topics.TURNS), bootstrap)
-    commit_group_at_end(f"e2e-{run_id}", TOPICS, bootstrap)
+    commit_group_at_end(f"e2e-kpi-{run_id}", TOPICS, bootstrap)
     with _Job(run_id, "--health_period_seconds=10") as job:
         jid = _jid(job)
         positions = produce(records, topics.TURNS, bootstrap, extra_config=COMPRESSED)
@@ -355,8 +356,8 @@ def test_worker_pool_killed_before_the_first_checkpoint_loses_nothing(stack, pg_
     bootstrap = kafka_settings.bootstrap_servers
     w = _recovery_workload(run_id, seed=20, n_valid=3000)
     dlq_start = end_offsets(topics.dlq_topic(topics.TURNS), bootstrap)
-    commit_group_at_end(f"e2e-{run_id}", TOPICS, bootstrap)
-    start = _committed(f"e2e-{run_id}", bootstrap)
+    commit_group_at_end(f"e2e-kpi-{run_id}", TOPICS, bootstrap)
+    start = _committed(f"e2e-kpi-{run_id}", bootstrap)
     # Flink triggers the first checkpoint after a random delay between the minimum pause and the interval:
     # both at 10 minutes, no checkpoint is even triggered while this test runs.
     with _Job(run_id, "--checkpointing_interval=600000", "--min_pause_between_checkpoints=600000",
@@ -381,7 +382,7 @@ def test_worker_pool_killed_after_checkpoints_restores_one_and_loses_nothing(sta
     bootstrap = kafka_settings.bootstrap_servers
     w = _recovery_workload(run_id, seed=21, n_valid=3000)
     dlq_start = end_offsets(topics.dlq_topic(topics.TURNS), bootstrap)
-    commit_group_at_end(f"e2e-{run_id}", TOPICS, bootstrap)
+    commit_group_at_end(f"e2e-kpi-{run_id}", TOPICS, bootstrap)
     with _Job(run_id, "--checkpointing_interval=2000", "--health_period_seconds=10") as job:
         jid = _jid(job)
         poll(lambda: _checkpoints(jid)["counts"]["completed"] >= 3, 90, "3 completed checkpoints")
@@ -403,7 +404,7 @@ def test_the_last_dead_letter_of_a_burst_leaves_although_a_checkpoint_cut_its_bu
     The pipelines finish bundles before the barrier, so each one arrives although no record follows it."""
     bootstrap = kafka_settings.bootstrap_servers
     dlq_start = end_offsets(topics.dlq_topic(topics.TURNS), bootstrap)
-    commit_group_at_end(f"e2e-{run_id}", TOPICS, bootstrap)
+    commit_group_at_end(f"e2e-kpi-{run_id}", TOPICS, bootstrap)
     with _Job(run_id, "--checkpointing_interval=500", "--health_period_seconds=5") as job:
         jid = _jid(job)
         user_config = flink_get(f"/jobs/{jid}/config")["execution-config"]["user-config"]

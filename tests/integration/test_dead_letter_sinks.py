@@ -25,6 +25,14 @@ TURNS = "text.agent.turn.completed"
 
 
 @pytest.fixture
+def kafka_settings(stack):
+    """The stack's admin: these tests create, write and delete scratch topics of their own."""
+    from io_connectors.settings import KafkaSettings
+
+    return KafkaSettings.from_env("admin")
+
+
+@pytest.fixture
 def scratch_topic(kafka_settings):
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -82,7 +90,7 @@ def test_dead_letters_of_other_topics_are_produced_to_their_dlq(kafka_settings, 
                              topic="marketo.leads.delta", partition=1, offset=6)]
     items = [(scratch_topic, d.kafka_key(), d.to_json()) for d in letters]
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        p | beam.Create(items) | beam.ParDo(_ProduceDeadLettersFn())
+        p | beam.Create(items) | beam.ParDo(_ProduceDeadLettersFn(principal="admin"))  # a scratch topic
     got = sorted(_read_all(kafka_settings, scratch_topic, 2))
     assert [k for k, _ in got] == [b"marketo.leads.delta:0:5", b"marketo.leads.delta:1:6"]
     first, second = (DeadLetter.from_json(v) for _, v in got)

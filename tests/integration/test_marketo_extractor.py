@@ -79,7 +79,7 @@ def topic_reader(kafka_settings):
     """Records the topic's end offsets now; calling it returns every message written since, per partition."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    conf = {**kafka_settings.librdkafka_config(), "group.id": "marketo-test-reader", "enable.auto.commit": False,
+    conf = {**kafka_settings.librdkafka_config(), "group.id": "iheardai-workload-marketo-test", "enable.auto.commit": False,
             "enable.partition.eof": True}
     probe = Consumer(conf)
     parts = sorted(probe.list_topics(TOPIC, timeout=10).topics[TOPIC].partitions)

@@ -93,7 +93,8 @@ def test_derived_tables_follow_the_registry():
 
 # --- one-way imports ------------------------------------------------------------------------------------
 
-LAYERS = {"events": set(), "transforms": {"events"}, "io_connectors": {"events"}, "workloads": {"events"},
+# workloads -> io_connectors: produce() connects the way every client does (io_connectors.settings: SASL_SSL)
+LAYERS = {"events": set(), "transforms": {"events"}, "io_connectors": {"events"}, "workloads": {"events", "io_connectors"},
           "beam_pipelines": {"events", "transforms", "io_connectors", "workloads"}}  # workloads: the demo
 
 
