@@ -25,6 +25,7 @@ PORTS = {
     "kafka": 9092,
     "kafka-controller": 9093,
     "flink": 8081,
+    "flink-rpc": 6123,
     "worker-pool": 50000,
     "expansion-service": 8097,
     "job-server": 8099,

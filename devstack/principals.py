@@ -278,6 +278,8 @@ def describe(ps: Sequence[Principal]) -> str:
                     lines.append(f"  {label}: {', '.join(items)}")
         if p.pg_owner:
             lines.append("  postgres: owns the database (migrations)")
+        if p.pg_monitor:
+            lines.append("  postgres: pg_monitor (server statistics, no table rows)")
         for label, items in (("postgres write", p.pg_write), ("postgres read", p.pg_read),
                              ("redis keys", p.redis_keys), ("redis commands", p.redis_commands)):
             if items:

@@ -542,13 +542,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     log.info("marketo extractor %s, cursor %s, limits %d calls/%gs, %d concurrent", args.mode, args.cursor,
              config.calls_per_window, config.window_seconds, config.max_concurrency)
-    store = SyncStore(PostgresSettings.from_env())
+    # its own principal on the local secured stack (a pod's POSTGRES_USER/KAFKA_USER win)
+    store = SyncStore(PostgresSettings.from_env("marketo-extractor"))
     if not store.lock(args.cursor):
         log.error("another run holds cursor %s: exiting", args.cursor)
         store.close()
         return 1
     client = MarketoClient(config)
-    publisher = LeadPublisher(KafkaSettings.from_env(), args.topic)
+    publisher = LeadPublisher(KafkaSettings.from_env("marketo-extractor"), args.topic)
     job = Extractor(client, store, publisher, args.cursor, ledger=args.ledger, batch_size=args.batch_size,
                     lead_chunk=args.lead_chunk, max_pages=args.max_pages, export_window_days=args.export_window_days,
                     export_poll_seconds=args.export_poll_seconds, export_chunk_rows=args.export_chunk_rows,

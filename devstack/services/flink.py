@@ -45,7 +45,7 @@ def _flink_conf() -> None:
         f"env.java.opts.all: {java_opts}",
         "jobmanager.bind-host: localhost",
         "jobmanager.rpc.address: localhost",
-        "jobmanager.rpc.port: 6123",
+        f"jobmanager.rpc.port: {PORTS['flink-rpc']}",
         "jobmanager.memory.process.size: 1600m",
         "jobmanager.execution.failover-strategy: region",
         "taskmanager.bind-host: localhost",

@@ -176,7 +176,7 @@ class readme_pipeline:
         (`commit_group_at_end` before producing reads exactly what the test produced)."""
         self.name, self.job_name = name, f"e2e-{name}-{run_id}"
         self.cmd = [python(), "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner",
-                    *(["--flink_master=localhost:8081"] if flink_master else []),
+                    *([f"--flink_master={flink_url().split('://', 1)[-1]}"] if flink_master else []),
                     f"--job_name={self.job_name}", f"--consumer_group={self.job_name}",
                     *([f"--start_read_time_ms={start_ms}"] if start_ms is not None else []),
                     "--parallelism=2", "--no_wait_until_finish", *extra_args]
