@@ -51,3 +51,59 @@ def test_the_kafka_consumer_never_commits_by_itself_and_never_starts_at_the_end(
     conf = consumer_config(finalize_options([f"--start_from={start_from}", "--consumer_group=g1"], "kpi"))
     assert conf["enable.auto.commit"] == "false" and conf["auto.offset.reset"] == "earliest"
     assert conf["group.id"] == "g1"
+
+
+def _local_secrets(tmp_path, monkeypatch):
+    from io_connectors import settings
+
+    monkeypatch.setattr(settings, "_file_env", dict)  # not this machine's stack settings file
+    for system, name, pw in (("postgres", "pipeline-kpi", "pg-pw-of-kpi-123"), ("redis", "pipeline-kpi", "redis-pw-kpi-456"),
+                             ("kafka", "pipeline-kpi", "kafka-pw-kpi-789"), ("kafka", "workload", "kafka-pw-work-000")):
+        (tmp_path / system).mkdir(exist_ok=True)
+        (tmp_path / system / f"{name}.password").write_text(pw + "\n")
+    monkeypatch.setenv("IHEARDAI_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("KAFKA_PRINCIPAL", "workload")
+    for name in ("KAFKA_USER", "POSTGRES_USER", "REDIS_USERNAME", "KAFKA_PASSWORD", "POSTGRES_PASSWORD",
+                 "REDIS_PASSWORD", "KAFKA_PASSWORD_FILE", "POSTGRES_PASSWORD_FILE", "REDIS_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_local_principal_picks_its_password_file_and_a_pods_user_wins(tmp_path, monkeypatch):
+    from io_connectors import settings
+
+    _local_secrets(tmp_path, monkeypatch)
+    k = KafkaSettings.from_env()
+    assert (k.sasl_username, k.sasl_password) == ("workload", "kafka-pw-work-000")  # the file's default
+    monkeypatch.setattr(settings, "_PROCESS_PRINCIPAL", "pipeline-kpi")  # what run_pipeline sets
+    assert KafkaSettings.from_env().sasl_username == "pipeline-kpi"
+    pg = PostgresSettings.from_env()
+    assert (pg.user, pg.password) == ("iheardai_pipeline_kpi", "pg-pw-of-kpi-123")
+    with pytest.raises(RuntimeError, match="no postgres password for principal 'pipeline-archive'"):
+        PostgresSettings.from_env("pipeline-archive")
+    monkeypatch.setenv("POSTGRES_USER", "pod-role")  # a pod names its identity: it wins
+    monkeypatch.setenv("POSTGRES_PASSWORD", "pod-pw")
+    assert (PostgresSettings.from_env("pipeline-kpi").user, PostgresSettings.from_env().password) == ("pod-role", "pod-pw")
+
+
+def test_sinks_keep_the_principals_name_in_the_graph_never_its_password(tmp_path, monkeypatch):
+    """A sink built by a launcher (use_principal) pickles the principal's name; the worker resolves it."""
+    import base64
+    import bz2
+
+    from apache_beam.internal import pickler
+
+    from io_connectors import settings
+    from io_connectors.postgres import WriteToPostgres
+    from io_connectors.redis_state import WriteSessionState
+
+    _local_secrets(tmp_path, monkeypatch)
+    monkeypatch.setattr(settings, "_PROCESS_PRINCIPAL", "pipeline-kpi")
+    pg_sink = WriteToPostgres("agent_turns", ("session_id",), ("session_id", "x"))
+    redis_sink = WriteSessionState()
+    monkeypatch.setattr(settings, "_PROCESS_PRINCIPAL", None)
+    for sink, secret in ((pg_sink, b"pg-pw-of-kpi-123"), (redis_sink, b"redis-pw-kpi-456")):
+        blob = bz2.decompress(base64.b64decode(pickler.dumps(sink._fn)))  # the bytes the graph holds
+        assert secret not in blob and b"pipeline-kpi" in blob
+    fn = pickler.loads(pickler.dumps(pg_sink._fn))  # in the worker: the name resolves to its own password
+    kwargs = fn.make_writer().settings.connect_kwargs()
+    assert (kwargs["user"], kwargs["password"]) == ("iheardai_pipeline_kpi", "pg-pw-of-kpi-123")
