@@ -158,12 +158,9 @@ def main(argv=None) -> int:
           " account-hours updated")
     print(f"  Postgres marketo_leads:      {one('SELECT count(*) FROM marketo_leads')} leads in the table")
     try:
-        import redis as redis_lib
+        from io_connectors.clients import redis_client
 
-        from io_connectors.settings import RedisSettings
-
-        rs = RedisSettings.from_env()
-        r = redis_lib.Redis(host=rs.host, port=rs.port, password=rs.password or None)
+        r = redis_client()
         keys = sum(1 for _ in r.scan_iter(f"session:{run_id}-*:state", count=1000))
         print(f"  Redis hot session state:     {keys} sessions (session:<id>:state / :metrics)")
     except Exception as e:  # noqa: BLE001 - the summary is informative only

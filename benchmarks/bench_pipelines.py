@@ -291,10 +291,9 @@ def wait_landed(sc: Scenario, run_id, n, per_session, timeout_s) -> Tuple[float,
 
 
 def _redis():
-    import redis
+    from io_connectors.clients import redis_client
 
-    s = RedisSettings.from_env()
-    return redis.Redis(host=s.host, port=s.port, password=s.password or None)
+    return redis_client(RedisSettings.from_env())
 
 
 # Bookkeeping that legitimately differs between the two contenders: write time, pane versions, and how a

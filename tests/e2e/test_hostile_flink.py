@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 
 from events import topics
 from events.contracts import AgentTurnCompleted
@@ -27,6 +26,7 @@ from transforms.turns import session_state_event, turn_to_row
 from workloads.generator import ProducedRecord
 from workloads.hostile import DEAD, VALID, hostile_corpus
 from io_connectors.settings import librdkafka_for
+from io_connectors.clients import redis_client
 
 pytestmark = pytest.mark.e2e
 KPI_TOPICS = (topics.TURNS, topics.TOOLS, topics.SESSIONS)
@@ -91,8 +91,7 @@ def test_hostile_kpi_topics_on_flink(stack, pg_conn, kafka_settings, redis_setti
                 counts[s["session_id"]] = counts.get(s["session_id"], 0) + 1
                 if s["session_id"] not in latest or s["seq"] > latest[s["session_id"]]["seq"]:
                     latest[s["session_id"]] = s
-            client = redis.Redis(host=redis_settings.host, port=redis_settings.port,
-                                 password=redis_settings.password or None)
+            client = redis_client(redis_settings)
             poll(lambda: all(int(client.hget(f"session:{sid}:metrics", "total_turns") or 0) == n
                              for sid, n in counts.items()), 90, "Redis session metrics of the hostile turns")
             bad_state = [sid for sid, s in latest.items()
@@ -120,7 +119,7 @@ def test_hostile_kpi_topics_on_flink(stack, pg_conn, kafka_settings, redis_setti
         with pg_conn.cursor() as cur:
             for table in ("agent_turns", "session_kpis"):
                 cur.execute(f"DELETE FROM {table} WHERE session_id LIKE %s", (f"{prefix}-%",))
-        c = redis.Redis(host=redis_settings.host, port=redis_settings.port, password=redis_settings.password or None)
+        c = redis_client(redis_settings)
         keys = list(c.scan_iter(match=f"session:{prefix}-*", count=1000))
         if keys:
             c.delete(*keys)

@@ -13,13 +13,13 @@ import pytest
 from events import topics
 from tests.e2e.flink_helpers import (commit_group_at_end, dead_letters_at, end_offsets, poll, produce_with_offsets,
                                      readme_pipeline)
-import redis
 
 from events.contracts import AgentTurnCompleted
 from workloads.generator import SessionWorkload, ToolWorkload, TurnWorkload
 from transforms.pii import PiiPolicy, Redactor, load_hmac_key
 from transforms.scoring import PriceTable, Scored, score_turn
 from transforms.turns import turn_to_row
+from io_connectors.clients import redis_client
 
 pytestmark = pytest.mark.e2e
 HOUR_MS = 3_600_000
@@ -108,7 +108,7 @@ def test_kpi_readme_command_lands_turns_whole_sessions_and_dead_letters_per_topi
             counts[sid] = counts.get(sid, 0) + 1
             if sid not in latest or t["timestamp"] > latest[sid]["timestamp"]:
                 latest[sid] = t
-        r = redis.Redis(host=redis_settings.host, port=redis_settings.port, password=redis_settings.password or None)
+        r = redis_client(redis_settings)
 
         def redis_caught_up():
             return all(int(r.hget(f"session:{sid}:metrics", "total_turns") or 0) == n for sid, n in counts.items())
