@@ -97,9 +97,16 @@ elif mode == "worker-env":
     from transforms.pii import load_hmac_key
     from io_connectors.settings import KafkaSettings, PostgresSettings, RedisSettings, SpacesSettings
     out["pii_key"] = load_hmac_key() is not None
-    for cls in (PostgresSettings, RedisSettings, SpacesSettings, KafkaSettings):
-        s = cls.from_env()
-        out[cls.__name__] = {k: bool(v) for k, v in vars(s).items()}
+    # The shared pool names no user: each sink resolves its pipeline's principal (Settings.deferred(principal)).
+    # arg[0]: {system: [pipeline principals]} (flink-deploy/identities.py); a field is set if it is for all of them.
+    classes = {"postgres": PostgresSettings, "redis": RedisSettings, "kafka": KafkaSettings}
+    for system, names in json.loads(arg[0]).items():
+        resolved = [vars(classes[system].from_env(n)) for n in names]
+        out[classes[system].__name__] = {k: all(bool(r[k]) for r in resolved) for k in resolved[0]}
+        out.setdefault("principals", {})[system] = {
+            n: {k: bool(v) for k, v in r.items() if k in ("user", "username", "sasl_username", "password",
+                                                              "sasl_password")} for n, r in zip(names, resolved)}
+    out["SpacesSettings"] = {k: bool(v) for k, v in vars(SpacesSettings.from_env()).items()}
 elif mode == "commands":
     for kind, target in json.loads(arg[0]):
         if kind == "module":  # imported, not only found: its own imports must resolve in the image too
@@ -147,8 +154,12 @@ class ImageSandbox:
 
     def _remap(self, value: str, mounted: Dict[str, object]) -> str:
         """Point absolute paths under a mount (and under the image root) at the sandbox."""
-        roots = sorted({k.rstrip("/") for k in mounted} | {"/".join(k.rstrip("/").split("/")[:-1]) for k in mounted},
-                       key=len, reverse=True)
+        # the mounted files and every directory above them, down to 4 levels (/var/run/secrets/iheardai): a
+        # variable may name a directory of mounted files (the worker pool's IHEARDAI_SECRETS_DIR)
+        parents = {"/".join(k.rstrip("/").split("/")[:i]) for k in mounted
+                   for i in range(5, len(k.rstrip("/").split("/")))}
+        roots = sorted({k.rstrip("/") for k in mounted} | {"/".join(k.rstrip("/").split("/")[:-1]) for k in mounted}
+                       | parents, key=len, reverse=True)
 
         def sub(mt):
             path = mt.group(1)
@@ -226,7 +237,8 @@ def build_graph(box: ImageSandbox, pipeline: str, expansion_service: str) -> Res
 def worker_environment(box: ImageSandbox) -> Result:
     p = m.pod("iheardai-flink-taskmanager")
     env, _ = box.environment(p, p.container("beam-worker-pool"))
-    return box.run(env, "worker-env", timeout=120)
+    ids = _sibling("identities")
+    return box.run(env, "worker-env", json.dumps(ids.worker_pool_principals()), timeout=120)
 
 
 def pipelines_image_commands() -> List[tuple]:

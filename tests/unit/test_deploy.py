@@ -130,15 +130,23 @@ def test_topic_config_partitions_and_retention_match():
 # --- secrets ---------------------------------------------------------------------------------------
 
 def test_secret_manifests_hold_placeholders_only():
+    """Every value is a <PLACEHOLDER>, except the `username` of a principal's Secret: that is fixed (the grants and
+    the worker pool's file layout name it), and must be the user flink-deploy/identities.py derives."""
+    ids = _load_module("identities", DEPLOY / "identities.py")
+    users = {ids.secret_name(s, p): ids.user(s, p) for s, p in ids.deployed()}
     secrets = by_kind("Secret")
     assert secrets, "expected Secret templates under flink-deploy/secrets"
     for path, doc in secrets:
         assert "data" not in doc, f"{path}: use stringData placeholders, never base64 data"
         values = doc.get("stringData") or {}
-        assert values, f"{path}: {doc['metadata']['name']} has no keys"
+        name = doc["metadata"]["name"]
+        assert values, f"{path}: {name} has no keys"
         for key, value in values.items():
+            if key == "username" and name in users:
+                assert value == users[name], f"{path}: {name}.username must be {users[name]!r}"
+                continue
             assert isinstance(value, str) and PLACEHOLDER.match(value), \
-                f"{path}: {doc['metadata']['name']}.{key} is not a <PLACEHOLDER>"
+                f"{path}: {name}.{key} is not a <PLACEHOLDER>"
 
 
 def test_no_credentials_inline_in_manifests_or_compose():
@@ -261,8 +269,11 @@ def test_settings_configmap_names_what_the_pipelines_read():
     read = set(re.findall(r'get\("([A-Z_]+)"', settings_src)) - {"DEVSTACK_HOME", "IHEARDAI_SECRETS_DIR"}  # local
     secret_names = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "SPACES_ACCESS_KEY", "SPACES_SECRET_KEY",
                     "KAFKA_PASSWORD", "KAFKA_USER"}
+    # identities are per service (each pod's own principal Secret), never shared through the ConfigMap
+    identities = {"KAFKA_USER", "POSTGRES_USER", "REDIS_USERNAME", "IHEARDAI_SECRETS_DIR", "KAFKA_PRINCIPAL",
+                  "POSTGRES_PRINCIPAL", "REDIS_PRINCIPAL"}
     assert read - secret_names <= set(cm["data"]), f"ConfigMap lacks {sorted(read - secret_names - set(cm['data']))}"
-    assert not secret_names & set(cm["data"])
+    assert not (secret_names | identities) & set(cm["data"])
     assert cm["data"]["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
     for key, value in cm["data"].items():
         assert isinstance(value, str), f"ConfigMap values must be strings: {key}"

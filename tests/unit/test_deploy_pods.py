@@ -52,6 +52,8 @@ def _unmounted(p, c, image_files) -> list:
     for where, path in m.paths_passed(c):
         if path in mounted or any(k.endswith("/") and (path + "/").startswith(k) for k in mounted):
             continue
+        if any(k.startswith(path.rstrip("/") + "/") for k in mounted):  # a directory of mounted files
+            continue
         if m.is_pipelines_image(image) and (path in image_files or any(f.startswith(path.rstrip("/") + "/")
                                                                        for f in image_files)):
             continue
