@@ -15,6 +15,11 @@ def flink_url() -> str:
     return settings.get("FLINK_REST_URL", "http://localhost:8081")
 
 
+def flink_master_address() -> str:
+    """host:port of the cluster's REST API, as `--flink_master` takes it (localhost:8081 on the local stack)."""
+    return flink_url().split("://", 1)[-1].rstrip("/")
+
+
 def flink_get(path: str):
     with urllib.request.urlopen(f"{flink_url()}{path}", timeout=5) as r:
         return json.loads(r.read().decode())
@@ -176,7 +181,7 @@ class readme_pipeline:
         (`commit_group_at_end` before producing reads exactly what the test produced)."""
         self.name, self.job_name = name, f"e2e-{name}-{run_id}"
         self.cmd = [python(), "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner",
-                    *([f"--flink_master={flink_url().split('://', 1)[-1]}"] if flink_master else []),
+                    *([f"--flink_master={flink_master_address()}"] if flink_master else []),
                     f"--job_name={self.job_name}", f"--consumer_group={self.job_name}",
                     *([f"--start_read_time_ms={start_ms}"] if start_ms is not None else []),
                     "--parallelism=2", "--no_wait_until_finish", *extra_args]

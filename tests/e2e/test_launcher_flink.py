@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.flink_helpers import cancel_by_name, flink_get, jobs_by_name, poll, producing_every_second
+from tests.e2e.flink_helpers import (cancel_by_name, flink_get, flink_master_address, jobs_by_name, poll,
+                                     producing_every_second)
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +34,7 @@ def test_a_job_that_fails_at_every_element_makes_the_command_fail_with_its_error
     started = time.monotonic()
     try:
         # a new consumer group starts at the earliest offset: older records fail the job at once
-        proc = _run(["tests.e2e.crashing_pipeline", "--runner=FlinkRunner", "--flink_master=localhost:8081",
+        proc = _run(["tests.e2e.crashing_pipeline", "--runner=FlinkRunner", f"--flink_master={flink_master_address()}",
                      f"--job_name={job_name}", f"--consumer_group={job_name}", "--parallelism=1",
                      "--max_restarts=1"], timeout_s=180)
         took = time.monotonic() - started
@@ -54,7 +55,7 @@ def test_a_job_that_fails_at_every_element_makes_the_command_fail_with_its_error
 def test_the_readme_command_with_no_wait_returns_0_once_the_job_runs_healthy(stack, run_id):
     job_name = f"e2e-kpi-cli-{run_id}"
     try:
-        proc = _run(["beam_pipelines.kpi", "--runner=FlinkRunner", "--flink_master=localhost:8081",
+        proc = _run(["beam_pipelines.kpi", "--runner=FlinkRunner", f"--flink_master={flink_master_address()}",
                      "--no_wait_until_finish", f"--job_name={job_name}", f"--consumer_group={job_name}"],
                     timeout_s=300)
         out = proc.stdout + proc.stderr

@@ -19,8 +19,8 @@ import pytest
 
 from beam_pipelines import kpi
 from devstack.config import LOGS
-from tests.e2e.flink_helpers import (REPO, cancel_by_name, commit_group_at_end, poll, produce_with_offsets,
-                                     producing_every_second, readme_pipeline)
+from tests.e2e.flink_helpers import (REPO, cancel_by_name, commit_group_at_end, flink_master_address, poll,
+                                     produce_with_offsets, producing_every_second, readme_pipeline)
 from workloads.generator import ProducedRecord, TurnWorkload
 
 pytestmark = pytest.mark.e2e
@@ -161,7 +161,7 @@ def test_a_crash_looping_job_shows_as_restarting_with_its_last_exception(stack, 
     producing = producing_every_second(bootstrap, crashing_pipeline.TOPIC, run_id, "admin").start()
     job_name = f"e2e-leads-crash-{run_id}"  # a name that names a pipeline: its alerts name it too
     launcher = subprocess.Popen([sys.executable, "-m", "tests.e2e.crashing_pipeline", "--runner=FlinkRunner",
-                                 "--flink_master=localhost:8081", f"--job_name={job_name}",
+                                 f"--flink_master={flink_master_address()}", f"--job_name={job_name}",
                                  f"--consumer_group={job_name}", "--parallelism=1", "--max_restarts=1000"],
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
