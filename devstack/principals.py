@@ -85,6 +85,11 @@ def pipeline_topics(name: str) -> Tuple[str, ...]:
     return tuple(importlib.import_module(f"beam_pipelines.{name}").TOPICS)
 
 
+def _with_dlqs(names: Iterable[str]) -> Tuple[str, ...]:
+    names = tuple(names)
+    return names + tuple(registry.dlq_topic(t) for t in names)
+
+
 def principals() -> Tuple[Principal, ...]:
     product_topics = tuple(t.name for t in registry.TOPICS)
     inputs = tuple(t for t in product_topics if t not in (registry.BILLING, registry.LEADS))  # the products write these
@@ -103,12 +108,13 @@ def principals() -> Tuple[Principal, ...]:
         Principal("marketo-extractor", "the Marketo extractor job (publishes lead deltas, keeps its cursor)",
                   kafka_read=(registry.LEADS,), kafka_write=(registry.LEADS, registry.dlq_topic(registry.LEADS)),
                   kafka_groups=("marketo-extractor",), pg_write=("marketo_sync_state",)),
+        # the producer library dead-letters an invalid event to its topic's DLQ (on_invalid="dead_letter")
         Principal("producer-frontend", "iheardAI_Frontend's event producer",
-                  kafka_write=tuple(t for t in inputs if t.startswith("frontend."))),
+                  kafka_write=_with_dlqs(t for t in inputs if t.startswith("frontend."))),
         Principal("producer-agent", "text-agent-server's event producer",
-                  kafka_write=tuple(t for t in inputs if not t.startswith("frontend."))),
+                  kafka_write=_with_dlqs(t for t in inputs if not t.startswith("frontend."))),
         Principal("workload", "the local test and demo workload (produces every input, reads back every topic)",
-                  kafka_read=tuple(t.name for t in registry.all_topics()), kafka_write=product_topics,
+                  kafka_read=tuple(t.name for t in registry.all_topics()), kafka_write=_with_dlqs(product_topics),
                   # it also positions the test and demo pipelines' groups before their jobs start
                   kafka_groups=("iheardai-workload", "iheardai-demo-", "e2e-", "bench-", "producer-tests")),
         Principal("status", "the status service (consumer lag of every group, the age of the records behind)",
