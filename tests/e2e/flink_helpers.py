@@ -10,6 +10,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 from io_connectors import settings
 
 
+def kafka_config(bootstrap: Optional[str] = None, **extra) -> Dict[str, str]:
+    """librdkafka settings from the environment (io_connectors.settings: SASL/TLS when the stack has them),
+    with `bootstrap` (the tests' fixture value) and `extra` on top."""
+    conf = dict(settings.KafkaSettings.from_env().librdkafka_config())
+    if bootstrap:
+        conf["bootstrap.servers"] = bootstrap
+    conf.update(extra)
+    return conf
+
+
 def flink_url() -> str:
     return settings.get("FLINK_REST_URL", "http://localhost:8081")
 
@@ -72,7 +82,7 @@ def produce_with_offsets(records, topic: str, bootstrap: str,
     `extra_config`: librdkafka settings, e.g. message.max.bytes for records near the broker's 1 MiB limit."""
     from workloads.produce import produce
 
-    return produce(records, topic, bootstrap, extra_config)
+    return produce(records, topic, bootstrap, {**kafka_config(bootstrap), **(extra_config or {})})
 
 
 def commit_group_at_end(group: str, topics, bootstrap: str) -> None:
@@ -81,7 +91,7 @@ def commit_group_at_end(group: str, topics, bootstrap: str) -> None:
     topics (their heartbeats carry recent timestamps and would move the CreateTime watermark ahead)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    c = Consumer(kafka_config(bootstrap, **{"group.id": group, "enable.auto.commit": False}))
     try:
         c.commit(offsets=[TopicPartition(t, p, off) for t in topics for p, off in end_offsets(t, bootstrap).items()],
                  asynchronous=False)
@@ -92,7 +102,7 @@ def commit_group_at_end(group: str, topics, bootstrap: str) -> None:
 def end_offsets(topic: str, bootstrap: str) -> Dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-offsets", "enable.auto.commit": False})
+    c = Consumer(kafka_config(bootstrap, **{"group.id": "e2e-offsets", "enable.auto.commit": False}))
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
@@ -105,7 +115,7 @@ def read_from(topic: str, bootstrap: str, start: Dict[int, int], idle_s: float =
     from confluent_kafka import Consumer, TopicPartition
 
     ends = end_offsets(topic, bootstrap)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader", "enable.auto.commit": False})
+    c = Consumer(kafka_config(bootstrap, **{"group.id": "e2e-reader", "enable.auto.commit": False}))
     try:
         todo = {p: e for p, e in ends.items() if e > start.get(p, 0)}
         c.assign([TopicPartition(topic, p, start.get(p, 0)) for p in todo])
@@ -142,7 +152,7 @@ def advance_watermarks(topic: str, bootstrap: str, ts_ms: int, run_id: str) -> i
     with Kafka timestamp `ts_ms`, so every partition's CreateTime watermark passes the test's windows."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    p = Producer(kafka_config(bootstrap, acks="all"))
     parts = p.list_topics(topic, timeout=10).topics[topic].partitions
     for part in parts:
         p.produce(topic, value=f'{{"heartbeat": "{run_id}"}}'.encode(), partition=part, timestamp=ts_ms)
@@ -170,13 +180,15 @@ class readme_pipeline:
     its root cause). Cancels the job on exit."""
 
     def __init__(self, name: str, run_id: str, start_ms: Optional[int], *extra_args: str, flink_master: bool = True,
-                 timeout_s: float = 240):
+                 timeout_s: float = 240, group: Optional[str] = None, job_name: Optional[str] = None):
         """start_ms: start at the first record at/after it; None: the group's committed offsets
-        (`commit_group_at_end` before producing reads exactly what the test produced)."""
-        self.name, self.job_name = name, f"e2e-{name}-{run_id}"
+        (`commit_group_at_end` before producing reads exactly what the test produced). group/job_name:
+        default `e2e-<run_id>` / `e2e-<name>-<run_id>` (the fault matrix uses `iheardai-<name>-fault-<run_id>`)."""
+        self.name, self.job_name = name, job_name or f"e2e-{name}-{run_id}"
+        self.group = group or f"e2e-{run_id}"
         self.cmd = [python(), "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner",
                     *(["--flink_master=localhost:8081"] if flink_master else []),
-                    f"--job_name={self.job_name}", f"--consumer_group=e2e-{run_id}",
+                    f"--job_name={self.job_name}", f"--consumer_group={self.group}",
                     *([f"--start_read_time_ms={start_ms}"] if start_ms is not None else []),
                     "--parallelism=2", "--no_wait_until_finish", *extra_args]
         self.timeout_s = timeout_s
@@ -229,7 +241,7 @@ class producing_every_second:
         from confluent_kafka import Producer
 
         bootstrap, topic, run_id = self._args
-        producer = Producer({"bootstrap.servers": bootstrap})
+        producer = Producer(kafka_config(bootstrap))
         i = 0
         while not self._stop.wait(1.0):
             producer.produce(topic, value=f"{run_id}-{i}".encode())
