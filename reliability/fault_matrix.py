@@ -493,16 +493,17 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
         res.fault_s = round(t1 - t0, 1)
         log(f"  fault over after {res.fault_s}s")
         # finish: until exact, or the rows stop moving for stall_s, or the deadline
-        last_n, last_move = -1, time.monotonic()
+        last_n, last_move, all_rows_at = -1, time.monotonic(), None
         chk = Check()
         while time.monotonic() < deadline:
             n = cell.landed(pg)
             if n != last_n:
                 last_n, last_move = n, time.monotonic()
             if n >= cell.target():
+                all_rows_at = all_rows_at or time.monotonic()
                 chk = cell.check(pg, bootstrap, dlq_start, with_dlq=False)
-                if chk.exact:
-                    break
+                if chk.exact or time.monotonic() - all_rows_at > stall_s:
+                    break  # exact, or every row there but the totals/state not matching for stall_s
             elif time.monotonic() - last_move > stall_s:
                 break
             time.sleep(3)
@@ -572,7 +573,7 @@ def run_matrix(pipelines: List[str], faults: List[str], points: List[str], event
             try:
                 for i, (pp, f, pt) in enumerate(c for c in cells if c[0] == p):
                     res, end_ms = run_cell(job, p, f, pt, events, start_ms, seed=1000 + len(results),
-                                           settle_timeout_s=max(600.0, events / 50), stall_s=120)
+                                           settle_timeout_s=max(600.0, events / 50), stall_s=90)
                     results.append(res)
                     start_ms = end_ms + 60_000
                     if out:
