@@ -81,11 +81,12 @@ def read_pid(name: str) -> Optional[int]:
     return pid if pid_alive(pid) else None
 
 
-def spawn(name: str, cmd: List[str], env: Optional[dict] = None, cwd: Optional[Path] = None) -> subprocess.Popen:
+def spawn(name: str, cmd: List[str], env: Optional[dict] = None, cwd: Optional[Path] = None,
+          log_name: Optional[str] = None) -> subprocess.Popen:
     """Start a long-running service detached in its own session; record its pid; log to logs/<name>.log."""
     LOGS.mkdir(parents=True, exist_ok=True)
     RUN.mkdir(parents=True, exist_ok=True)
-    logf = open(LOGS / f"{name}.log", "ab")
+    logf = open(LOGS / f"{log_name or name}.log", "ab")
     logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(map(str, cmd))}\n".encode())
     logf.flush()
     proc = subprocess.Popen(
@@ -99,6 +100,51 @@ def spawn(name: str, cmd: List[str], env: Optional[dict] = None, cwd: Optional[P
     )
     (RUN / f"{name}.pid").write_text(str(proc.pid))
     return proc
+
+
+def supervisor_name(name: str) -> str:
+    return f"{name}-supervisor"
+
+
+def spawn_supervised(name: str, cmd: List[str], env: Optional[dict] = None,
+                     cwd: Optional[Path] = None) -> subprocess.Popen:
+    """spawn() under devstack.supervise's restart loop (as Kubernetes restarts a container): a child killed
+    with -9 is started again. `<name>.pid` holds the current child (its own process group), the supervisor's
+    pid is in `<name>-supervisor.pid`; stopping the supervisor stops the child. A supervisor already running
+    for `name` is stopped first (never two loops for one service)."""
+    import sys
+
+    old = read_pid(supervisor_name(name))
+    if old is not None:
+        stop_pid(supervisor_name(name))
+    return spawn(supervisor_name(name), [sys.executable, "-m", "devstack.supervise", f"--name={name}", "--", *cmd],
+                 env={**(env or {}), "PYTHONPATH": os.pathsep.join(
+                     p for p in (str(Path(__file__).resolve().parent.parent),
+                                 (env or {}).get("PYTHONPATH") or os.environ.get("PYTHONPATH")) if p)},
+                 cwd=cwd, log_name=name)
+
+
+def stop_pid(name: str, grace_s: float = 20) -> None:
+    """SIGTERM the process group recorded in run/<name>.pid, SIGKILL after `grace_s`; remove the pid file."""
+    import signal
+
+    pid = read_pid(name)
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    (RUN / f"{name}.pid").unlink(missing_ok=True)
+    log(f"stopped {name}")
 
 
 def wait_until(name: str, check: Callable[[], bool], timeout_s: float, proc: Optional[subprocess.Popen] = None) -> None:

@@ -8,14 +8,12 @@ modules under devstack/services/; this module lists them in start order and runs
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import time
 from typing import List, Optional
 
 from devstack.config import DATA, DOWNLOADS, ENV_FILE, LOGS, RUN, ensure_env_file, ensure_security, load_env_file
-from devstack.process import StackError, log, pid_alive, port_open, read_pid, wait_until
+from devstack.process import StackError, log, port_open, read_pid, stop_pid, wait_until
 from devstack.services import (Service, beam_services, collector, flink, kafka, monitoring, postgres, redis, s3,
                                worker_pool)
 
@@ -103,20 +101,7 @@ def down(names: Optional[List[str]] = None) -> int:
 
 
 def _stop_pid(name: str) -> None:
-    pid = read_pid(name)
-    if pid is None:
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 20
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if pid_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-    (RUN / f"{name}.pid").unlink(missing_ok=True)
-    log(f"stopped {name}")
+    stop_pid(name)
 
 
 def main(argv: List[str]) -> int:

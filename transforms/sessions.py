@@ -7,7 +7,8 @@ for gap + allowed lateness, corrected by late items within the lateness; later i
 
 A session that pauses longer than gap + lateness is released and starts a new generation in state; its rows
 are that generation's totals. `generation_merge` writes them so that the stored row is the whole session:
-a row that starts after the stored row's last activity is a new generation and is added to it; a newer row
+a row that starts after the stored row's last activity, when that row is final, is a new generation and is
+added to it; a newer row
 of the same generation replaces that generation's part (`base_*` columns hold the generations before it);
 an older row (a replay) changes nothing.
 """
@@ -21,7 +22,12 @@ import apache_beam as beam
 
 from transforms.keyed_totals import Aggregate, KeyedTotals
 
-NEW_GENERATION = "EXCLUDED.started_at > stored.ended_at"
+# A new generation exists only after the previous one was released, and its release wrote its final row:
+# a row that starts after a stored row that is not final is the same generation seen in another order (a
+# replay after a restore reads the session's topics in another interleaving: a tool call before an earlier
+# turn), not a new one. Without `stored.is_final` the fault matrix (a TaskManager killed early) counted a
+# session's first turn twice: the stored early row {turn} became a "generation" below the replayed one.
+NEW_GENERATION = "(stored.is_final AND EXCLUDED.started_at > stored.ended_at)"
 
 
 class SessionAggregate(Aggregate):

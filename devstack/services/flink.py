@@ -12,7 +12,8 @@ from pathlib import Path
 
 from devstack import versions
 from devstack.config import DATA, DOWNLOADS, LOGS, PORTS, RUN
-from devstack.process import http_json, java_bin, log, pid_alive, read_pid, run, spawn, wait_until
+from devstack.process import (http_json, java_bin, log, pid_alive, read_pid, run, spawn, spawn_supervised, stop_pid,
+                               supervisor_name, wait_until)
 from devstack.services import Service
 
 
@@ -90,31 +91,56 @@ def flink_start() -> subprocess.Popen:
     return jm
 
 
+TM = "flink-taskmanager"
+
+
+def _spawn_taskmanager() -> subprocess.Popen:
+    """The TaskManager under devstack.supervise's restart loop: a TaskManager JVM killed with -9 is started
+    again (backoff 1 s doubling to 30 s), as Kubernetes restarts a TaskManager pod; `run/flink-taskmanager.pid`
+    is the JVM's."""
+    return spawn_supervised(TM, ["bash", FLINK_HOME / "bin/taskmanager.sh", "start-foreground"], env=_flink_env())
+
+
+def _taskmanager_ids() -> set:
+    return {t["id"] for t in http_json(f"http://localhost:{PORTS['flink']}/taskmanagers")["taskmanagers"]}
+
+
 def flink_after_start() -> None:
-    if read_pid("flink-taskmanager") is None:
-        tm = spawn("flink-taskmanager", ["bash", FLINK_HOME / "bin/taskmanager.sh", "start-foreground"],
-                   env=_flink_env())
-    else:
-        tm = None
-    wait_until("flink-taskmanager",
-               lambda: http_json(f"http://localhost:{PORTS['flink']}/overview")["taskmanagers"] >= 1, 90, tm)
+    tm = None
+    if read_pid(supervisor_name(TM)) is None:
+        stop_pid(TM)  # a TaskManager of a stack started before supervision: replace it by a supervised one
+        tm = _spawn_taskmanager()
+    wait_until(TM, lambda: http_json(f"http://localhost:{PORTS['flink']}/overview")["taskmanagers"] >= 1, 90, tm)
+
+
+def kill_taskmanager() -> int:
+    """SIGKILL the TaskManager JVM (its process group), as a crashed pod; its supervisor starts a new one.
+    Returns the killed pid."""
+    pid = read_pid(TM)
+    if pid is None:
+        raise RuntimeError("no TaskManager running")
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pid
 
 
 def restart_taskmanager(timeout_s: float = 90) -> None:
     """A fresh TaskManager: the EMBEDDED Java harness leaks Kafka producer threads and classes of cancelled
-    jobs into the TaskManager JVM, so long test sessions recycle it (running jobs restart on the new one)."""
-    pid = read_pid("flink-taskmanager")
-    if pid is not None:
-        os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
+    jobs into the TaskManager JVM, so long test sessions recycle it (running jobs restart on the new one).
+    The supervisor starts the new JVM; without one (a stack of an older checkout) a supervised one is started."""
+    old = _taskmanager_ids()
+    tm = None
+    if read_pid(supervisor_name(TM)) is not None:
+        if read_pid(TM) is not None:
+            kill_taskmanager()
+    else:
+        if read_pid(TM) is not None:
+            kill_taskmanager()
+        tm = _spawn_taskmanager()
     # The JobManager notices the lost TaskManager after its heartbeat timeout; wait for the new one to register.
-    old = {t["id"] for t in http_json(f"http://localhost:{PORTS['flink']}/taskmanagers")["taskmanagers"]}
-    tm = spawn("flink-taskmanager", ["bash", FLINK_HOME / "bin/taskmanager.sh", "start-foreground"], env=_flink_env())
-    wait_until("flink-taskmanager", lambda: any(
-        t["id"] not in old for t in http_json(f"http://localhost:{PORTS['flink']}/taskmanagers")["taskmanagers"]),
-        timeout_s, tm)
+    wait_until(TM, lambda: bool(_taskmanager_ids() - old), timeout_s, tm)
 
 
 def flink_healthy() -> bool:
@@ -122,4 +148,4 @@ def flink_healthy() -> bool:
 
 
 SERVICE = Service("flink", PORTS["flink"], flink_install, flink_start, flink_healthy, 90, flink_after_start,
-                  f"http://localhost:{PORTS['flink']} (dashboard + REST)", ["flink-taskmanager"])
+                  f"http://localhost:{PORTS['flink']} (dashboard + REST)", [supervisor_name(TM), TM])

@@ -11,6 +11,16 @@ from io_connectors import settings
 from io_connectors.settings import librdkafka_for
 
 
+def kafka_config(bootstrap: Optional[str] = None, **extra) -> Dict[str, str]:
+    """librdkafka settings from the environment (io_connectors.settings: SASL/TLS when the stack has them),
+    with `bootstrap` (the tests' fixture value) and `extra` on top."""
+    conf = dict(settings.KafkaSettings.from_env().librdkafka_config())
+    if bootstrap:
+        conf["bootstrap.servers"] = bootstrap
+    conf.update(extra)
+    return conf
+
+
 def flink_url() -> str:
     return settings.get("FLINK_REST_URL", "http://localhost:8081")
 
@@ -78,7 +88,7 @@ def produce_with_offsets(records, topic: str, bootstrap: str,
     `extra_config`: librdkafka settings, e.g. message.max.bytes for records near the broker's 1 MiB limit."""
     from workloads.produce import produce
 
-    return produce(records, topic, bootstrap, extra_config)
+    return produce(records, topic, bootstrap, {**kafka_config(bootstrap), **(extra_config or {})})
 
 
 def commit_group_at_end(group: str, topics, bootstrap: str) -> None:
@@ -176,13 +186,16 @@ class readme_pipeline:
     its root cause). Cancels the job on exit."""
 
     def __init__(self, name: str, run_id: str, start_ms: Optional[int], *extra_args: str, flink_master: bool = True,
-                 timeout_s: float = 240):
+                 timeout_s: float = 240, group: Optional[str] = None, job_name: Optional[str] = None):
         """start_ms: start at the first record at/after it; None: the group's committed offsets
-        (`commit_group_at_end` before producing reads exactly what the test produced)."""
-        self.name, self.job_name = name, f"e2e-{name}-{run_id}"
+        (`commit_group_at_end` before producing reads exactly what the test produced). group/job_name:
+        default `e2e-<name>-<run_id>` for both (the pipeline principal's ACLs allow the prefix `e2e-<name>-`; the
+        fault matrix uses `iheardai-<name>-fault-<run_id>`)."""
+        self.name, self.job_name = name, job_name or f"e2e-{name}-{run_id}"
+        self.group = group or self.job_name
         self.cmd = [python(), "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner",
                     *([f"--flink_master={flink_master_address()}"] if flink_master else []),
-                    f"--job_name={self.job_name}", f"--consumer_group={self.job_name}",
+                    f"--job_name={self.job_name}", f"--consumer_group={self.group}",
                     *([f"--start_read_time_ms={start_ms}"] if start_ms is not None else []),
                     "--parallelism=2", "--no_wait_until_finish", *extra_args]
         self.timeout_s = timeout_s

@@ -5,31 +5,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 
 import pytest
 
 from events import topics
 from tests.e2e.flink_helpers import (advance_watermarks, end_offsets, poll, produce_with_offsets, read_from,
                                      running_pipeline)
-from events.contracts import AgentTurnCompleted
-from workloads.generator import ProducedRecord, ToolWorkload, TurnWorkload
-from transforms.scoring import PriceTable, score_turn
+from workloads.expected import billing_usage, own_accounts as _own_accounts
+from workloads.generator import ToolWorkload, TurnWorkload
 
 pytestmark = pytest.mark.e2e
 HOUR_MS = 3_600_000
-
-
-def _own_accounts(records, run_id):
-    """Give the run its own account ids, so other tests' usage in the same hours never mixes in."""
-    out = []
-    for rec in records:
-        if rec.kind != "malformed":
-            ev = json.loads(rec.value)
-            ev["account_id"] = f"{run_id}-{ev['account_id']}"
-            rec = ProducedRecord(rec.key, json.dumps(ev).encode(), rec.timestamp_ms, rec.kind)
-        out.append(rec)
-    return out
 
 
 def test_billing_usage_per_account_hour_is_exact(stack, pg_conn, kafka_settings, run_id):
@@ -44,25 +30,7 @@ def test_billing_usage_per_account_hour_is_exact(stack, pg_conn, kafka_settings,
                           .generate(150).records, run_id)
     tools += tools[:10]  # replayed tool calls count once
 
-    prices = PriceTable.load()
-    want = defaultdict(lambda: [0, 0, 0, 0, 0.0])  # turns, tokens_in, tokens_out, tools, cost
-    seen = set()
-    for rec in turns + tools:
-        if rec.kind == "malformed":
-            continue
-        ev = json.loads(rec.value)
-        key = ev.get("invocation_id") or (ev["session_id"], ev["turn_id"])
-        if key in seen:
-            continue
-        seen.add(key)
-        w = want[(ev["account_id"], ev["timestamp"] // HOUR_MS * HOUR_MS)]
-        if "invocation_id" in ev:
-            w[3] += 1
-        else:
-            w[0] += 1
-            w[1] += ev["tokens_in"]
-            w[2] += ev["tokens_out"]
-            w[4] += score_turn(AgentTurnCompleted.model_validate(ev), prices)["estimated_cost_usd"]
+    want = billing_usage(turns + tools)
     assert len({h for _, h in want}) == 2
 
     usage_start = end_offsets(topics.BILLING, bootstrap)

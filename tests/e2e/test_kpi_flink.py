@@ -6,8 +6,6 @@ topics land in that topic's DLQ with their partition and offset; the job runs wi
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
-
 import pytest
 
 from events import topics
@@ -15,6 +13,7 @@ from tests.e2e.flink_helpers import (commit_group_at_end, dead_letters_at, end_o
                                      readme_pipeline)
 
 from events.contracts import AgentTurnCompleted
+from workloads.expected import kpi_redis_state, kpi_session_totals as _session_totals
 from workloads.generator import SessionWorkload, ToolWorkload, TurnWorkload
 from transforms.pii import PiiPolicy, Redactor, load_hmac_key
 from transforms.scoring import PriceTable, Scored, score_turn
@@ -23,28 +22,6 @@ from io_connectors.clients import redis_client
 
 pytestmark = pytest.mark.e2e
 HOUR_MS = 3_600_000
-
-
-def _session_totals(turns, tools):
-    """Hand-computed session_kpis of distinct valid turns and tool calls: the whole session_id."""
-    want = {}
-    for t in turns:
-        w = want.setdefault(t["session_id"], {"turns": 0, "tokens_in": 0, "tokens_out": 0, "latency": 0.0,
-                                              "tools": 0, "first": t["timestamp"], "last": t["timestamp"]})
-        w["turns"] += 1
-        w["tokens_in"] += t["tokens_in"]
-        w["tokens_out"] += t["tokens_out"]
-        w["latency"] += t["latency_ms"]
-        w["first"], w["last"] = min(w["first"], t["timestamp"]), max(w["last"], t["timestamp"])
-    for c in tools:
-        w = want.setdefault(c["session_id"], {"turns": 0, "tokens_in": 0, "tokens_out": 0, "latency": 0.0,
-                                              "tools": 0, "first": c["timestamp"], "last": c["timestamp"]})
-        w["tools"] += 1
-        w["first"], w["last"] = min(w["first"], c["timestamp"]), max(w["last"], c["timestamp"])
-    utc = lambda ms: datetime.fromtimestamp(ms / 1000, tz=timezone.utc)  # noqa: E731
-    return {sid: (w["turns"], w["tokens_in"], w["tokens_out"], w["tools"],
-                  round(w["latency"] / w["turns"], 3) if w["turns"] else None, utc(w["first"]), utc(w["last"]))
-            for sid, w in want.items()}
 
 
 def test_kpi_readme_command_lands_turns_whole_sessions_and_dead_letters_per_topic(
@@ -103,11 +80,7 @@ def test_kpi_readme_command_lands_turns_whole_sessions_and_dead_letters_per_topi
                                                            want["scorer_version"])
 
         # Redis hot state: the newest turn (event time) of each session, and every distinct turn counted once
-        latest, counts = {}, {}
-        for (sid, tid), t in expected.items():
-            counts[sid] = counts.get(sid, 0) + 1
-            if sid not in latest or t["timestamp"] > latest[sid]["timestamp"]:
-                latest[sid] = t
+        latest, counts = kpi_redis_state(expected)
         r = redis_client(redis_settings)
 
         def redis_caught_up():

@@ -98,3 +98,25 @@ def test_engagement_generations_keep_the_furthest_stage_and_the_whole_duration(p
             assert cur.fetchone() == ("u1", 3, 7_200_000, "product_interest", 2, True)
     finally:
         up.close()
+
+
+def test_a_replay_in_another_order_is_the_same_generation(pg_conn, run_id, cleanup):
+    """A TaskManager killed early (fault matrix): the stored row was an early row of the session's first turn;
+    the restored job read the session's topics in another interleaving, so its first row was a tool call with
+    a later event time. That row starts after the stored (not final) row ends, but it is the same generation:
+    before `stored.is_final` in NEW_GENERATION the first turn was kept as a generation below it and counted
+    twice."""
+    sid = f"{run_id}-reorder"
+    turn = _turn(sid, 1, T0, 10, 100.0)
+    tool = Activity("tool", f"{sid}/inv1", sid, "acct", "u1", "web_chat", T0 + 30_000, 0, 0, 0.0, 0.0)
+    up = PostgresUpserter("session_kpis", ("session_id",), SESSION_KPI_COLUMNS, "pane_version",
+                          merge_sql=SESSION_KPI_MERGE)
+    up.connect()
+    try:
+        first_run = _rows(sid, [turn], False)[:1]  # written, then the TaskManager died
+        replay = _rows(sid, [tool, turn], True)  # the restored job: the tool call first, then the turn
+        assert up.write(first_run) == [] and up.write(replay) == []
+        got = _kpi(pg_conn, sid)
+        assert got[:3] == (1, 10, 1) and got[6:] == (True, 1), got
+    finally:
+        up.close()
