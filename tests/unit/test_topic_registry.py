@@ -94,7 +94,10 @@ def test_derived_tables_follow_the_registry():
 # --- one-way imports ------------------------------------------------------------------------------------
 
 # workloads -> io_connectors: produce() connects the way every client does (io_connectors.settings: SASL_SSL)
-LAYERS = {"events": set(), "transforms": {"events"}, "io_connectors": {"events"}, "workloads": {"events", "io_connectors"},
+# workloads -> transforms: workloads/expected.py computes the rows a test or the fault matrix expects with the
+# project's own transforms (redaction, scoring), as the pipelines do
+LAYERS = {"events": set(), "transforms": {"events"}, "io_connectors": {"events"},
+          "workloads": {"events", "io_connectors", "transforms"},
           "beam_pipelines": {"events", "transforms", "io_connectors", "workloads"}}  # workloads: the demo
 
 
