@@ -6,7 +6,7 @@ a workload produced to Kafka, one fault injected while the data flows, then exac
 
 A cell is (pipeline, fault, point). One job per pipeline serves all its cells (a cell's records carry their own
 run id in every key and their event times follow the previous cell's, so cells do not see each other; a job
-that failed is submitted again, on the same consumer group `iheardai-<pipeline>-fault-<matrix id>`). Per cell:
+that failed is submitted again, on the same consumer group `e2e-<pipeline>-fault-<matrix id>`). Per cell:
 
 1. the group's offsets are at the topics' end; the workload (duplicates, out-of-order and malformed records
    mixed in) is produced;
@@ -364,7 +364,8 @@ class Job:
 
     def __init__(self, pipeline: str, matrix_id: str):
         self.pipeline, self.matrix_id = pipeline, matrix_id
-        self.group = f"iheardai-{pipeline}-fault-{matrix_id}"
+        # an e2e group: the pipeline principal may use `e2e-<pipeline>-*`, the test workload commits its start
+        self.group = f"e2e-{pipeline}-fault-{matrix_id}"
         self.job_name = f"iheardai-{pipeline}-fault-{matrix_id}"
         self.submits = 0
         self._ctx: Optional[readme_pipeline] = None

@@ -190,7 +190,7 @@ class readme_pipeline:
         """start_ms: start at the first record at/after it; None: the group's committed offsets
         (`commit_group_at_end` before producing reads exactly what the test produced). group/job_name:
         default `e2e-<name>-<run_id>` for both (the pipeline principal's ACLs allow the prefix `e2e-<name>-`; the
-        fault matrix uses `iheardai-<name>-fault-<run_id>`)."""
+        fault matrix uses `e2e-<name>-fault-<run_id>`)."""
         self.name, self.job_name = name, job_name or f"e2e-{name}-{run_id}"
         self.group = group or self.job_name
         self.cmd = [python(), "-m", f"beam_pipelines.{name}", "--runner=FlinkRunner",

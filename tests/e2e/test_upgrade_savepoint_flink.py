@@ -46,7 +46,7 @@ def test_kpi_upgrade_through_a_savepoint_loses_and_double_counts_nothing(stack, 
     run_id = f"up{uuid.uuid4().hex[:8]}"
     bootstrap = kafka_config()["bootstrap.servers"]
     cell = KpiCell(run_id, 6000, int(time.time() * 1000) - 3 * HOUR_MS, seed=77)
-    group, job_name = f"iheardai-kpi-fault-{run_id}", f"iheardai-kpi-fault-{run_id}"
+    group, job_name = f"e2e-kpi-upgrade-{run_id}", f"e2e-kpi-upgrade-{run_id}"
     dlq_start = {t: end_offsets(topics.dlq_topic(t), bootstrap) for t in cell.produced}
     commit_group_at_end(group, cell.topics, bootstrap)
     # the first half before the upgrade, the second while no job runs
