@@ -81,8 +81,9 @@ def principal_password(system: str, name: str) -> Optional[str]:
 def _identity(system: str, user_setting: str, principal: Optional[str], user_of=lambda n: n):
     """(user, password) for `system`: the configured user and password, or a local principal's."""
     user = get(user_setting, "")
-    if user:
-        return user, None
+    password_setting = user_setting.replace("_USERNAME", "_PASSWORD").replace("_USER", "_PASSWORD")
+    if user or get(password_setting) or get(f"{password_setting}_FILE"):
+        return user, None  # configured explicitly (a pod, or a process given its credentials): that wins
     name = principal or _PROCESS_PRINCIPAL or get(f"{system.upper()}_PRINCIPAL")
     if name and get("IHEARDAI_SECRETS_DIR"):
         return user_of(name), principal_password(system, name)
