@@ -77,6 +77,7 @@ def main(module_name: str) -> None:
     workers import. The PipelineOptions classes of the `__main__` copy are muted: the real module declares
     the same flags, and argparse rejects a flag declared twice."""
     import importlib
+    import os
     import sys
 
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -99,5 +100,10 @@ def main(module_name: str) -> None:
         print(f"\nFAILED: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        sys.exit(130)
+        # Ctrl-C leaves the job running on Flink (the launcher said where). Exit now: sys.exit would wait for the
+        # portable runner's non-daemon job-service stream threads, which end only with the job (a launcher
+        # interrupted under load was still there 30 s later).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     sys.exit(0)

@@ -226,8 +226,14 @@ def postgres_statements(ps: Iterable[Principal], passwords: Mapping[str, str], d
 
 def redis_acl_lines(ps: Iterable[Principal], passwords: Mapping[str, str]) -> List[str]:
     """An ACL file (`aclfile` directive): the default user off, one user per principal with its key patterns
-    and commands, passwords as SHA-256 hashes."""
-    lines = ["user default off resetkeys resetchannels -@all"]
+    and commands, passwords as SHA-256 hashes.
+
+    The default user is off (no connection can be it: a client must AUTH as a principal) but keeps every
+    permission: a Redis without redis/redis#14545 (Debian's 7.0.15 here) re-checks a transaction's ACLs at EXEC
+    while it loads the AOF, as the default user (redis/redis#14541). With `-@all` every MULTI/EXEC
+    in the AOF, and every script that wrote more than one key (the KPI sink's guard script), was refused on
+    restart: a Redis restart silently lost the session state written since the last AOF rewrite."""
+    lines = ["user default off resetkeys resetchannels ~* &* +@all"]
     for p in ps:
         if "redis" not in p.systems:
             continue

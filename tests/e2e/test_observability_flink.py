@@ -79,7 +79,13 @@ def test_a_running_pipeline_shows_its_step_counters_its_lag_and_its_page(stack, 
     produce_with_offsets(turns.records + bad, kpi.TOPICS[0], bootstrap)
     lag = f'sum(iheardai_consumer_lag_messages{{group="{group}"}})'
     # produced before the job starts: the group is 39 records behind, and the oldest is seconds old
-    poll(lambda: prom_value(lag) == 39, 60, f"{lag} == 39")
+    try:
+        poll(lambda: prom_value(lag) == 39, 90, f"{lag} == 39")
+    except AssertionError as e:
+        status = _get_json(f"{STATUS}/status")
+        mine = [x for x in status["lag"] if x["group"] == group]
+        raise AssertionError(f"{e}; Prometheus has {prom_value(lag)}, the status service {mine} (its pass at "
+                             f"{status['taken_at']:.0f}, now {time.time():.0f}, errors {status['errors']})") from None
     assert prom_value(f'max(iheardai_consumer_lag_seconds{{group="{group}"}})') > 0
 
     with readme_pipeline("kpi", run_id, None) as job:
@@ -196,7 +202,12 @@ def test_a_crash_looping_job_shows_as_restarting_with_its_last_exception(stack, 
              "PipelineJobRestarting of the job sent to the status service")
         assert "PipelineJobRestarting" in urllib.request.urlopen(f"{STATUS}/status.html", timeout=10).read().decode()
     finally:
-        launcher.send_signal(signal.SIGINT)  # Ctrl-C: the launcher leaves the job; we cancel it
-        launcher.wait(30)
         producing.stop()
-        cancel_by_name(job_name)
+        launcher.send_signal(signal.SIGINT)  # Ctrl-C: the launcher leaves the job; we cancel it
+        try:
+            launcher.wait(60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            raise AssertionError("the launcher did not exit within 60 s of Ctrl-C") from None
+        finally:
+            cancel_by_name(job_name)  # never leave a crash-looping job to the rest of the suite

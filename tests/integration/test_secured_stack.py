@@ -122,3 +122,42 @@ def test_redis_takes_tls_only_and_each_user_its_own_keys():
     assert kpi.hgetall(f"session:acl-test-{uuid.uuid4().hex[:8]}:state") == {}  # its own pattern
     with pytest.raises(redis.exceptions.NoPermissionError):
         _redis("monitor").get(key)
+
+
+def test_a_connection_that_does_not_authenticate_can_do_nothing():
+    import redis
+
+    anonymous = _redis("admin", username="", password="")
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.get("session:anything:state")
+
+
+def test_transactions_and_multi_key_scripts_survive_a_redis_restart():
+    """The KPI sink's guard script writes several keys; Redis logs such a script (and any MULTI/EXEC) to the AOF
+    as a transaction. With the default user at `-@all`, Redis 7.0 refused every one of them while loading the AOF
+    after a restart (its EXEC re-checks ACLs as the default user, redis/redis#14541): state silently lost."""
+    import subprocess
+    import sys
+
+    from devstack.config import REPO
+
+    sid = f"aof-{uuid.uuid4().hex[:8]}"
+    admin, kpi = _redis("admin"), _redis("pipeline-kpi")
+    tx = admin.pipeline(transaction=True)  # the KPI user runs scripts only (no MULTI/EXEC)
+    tx.hset(f"session:{sid}:state", mapping={"last_turn_id": "t1", "seq": "1"})
+    tx.hset(f"session:{sid}:metrics", "total_turns", "1")
+    tx.execute()
+    kpi.eval("redis.call('HSET', KEYS[1], 'a', '1') redis.call('HSET', KEYS[2], 'b', '2') return 1", 2,
+             f"session:{sid}-s:state", f"session:{sid}-s:metrics")
+    admin.close()
+    kpi.close()
+    subprocess.check_call([sys.executable, "-m", "devstack", "down", "redis"], cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.check_call([sys.executable, "-m", "devstack", "up", "redis"], cwd=REPO, stdout=subprocess.DEVNULL)
+    kpi = _redis("pipeline-kpi")
+    try:
+        assert kpi.hgetall(f"session:{sid}:state") == {b"last_turn_id": b"t1", b"seq": b"1"}
+        assert kpi.hget(f"session:{sid}:metrics", "total_turns") == b"1"
+        assert kpi.hget(f"session:{sid}-s:state", "a") == b"1" and kpi.hget(f"session:{sid}-s:metrics", "b") == b"2"
+    finally:
+        _redis("admin").delete(f"session:{sid}:state", f"session:{sid}:metrics", f"session:{sid}-s:state",
+                   f"session:{sid}-s:metrics")
