@@ -46,6 +46,7 @@ from workloads.expected import kpi_redis_state, kpi_session_totals
 from workloads.generator import ProducedRecord, ToolWorkload, TurnWorkload
 
 POINTS = {"early": 0.10, "middle": 0.50, "late": 0.90}
+AFTER_RECOVERY_S = 30  # a cell is judged no sooner than this after its job runs again (replays, late panes)
 OUTAGE_S = {"kafka": 20, "postgres": 20, "redis": 20, "s3": 60, "job_server": 0}
 SERVICE = {"kafka": "kafka", "postgres": "postgres", "redis": "redis", "s3": "s3", "job_server": "job-server"}
 ALL_FAULTS = ("tm_kill", "pool_kill", "kafka", "postgres", "redis", "s3", "job_server")
@@ -633,6 +634,14 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
         t0, t1 = inject(fault)
         res.fault_s = round(t1 - t0, 1)
         log(f"  fault over after {res.fault_s}s")
+        # The job must be RUNNING again (a restarted job replays from its checkpoint: what it writes then is what
+        # could duplicate) and be watched for a while before "exact" counts, even if every row landed before the
+        # fault.
+        try:
+            _wait(job.running, 240, "the job to run again after the fault", interval_s=1.0)
+        except RuntimeError as e:
+            res.error = str(e)
+        running_at = time.monotonic()
         # finish: until exact, or the rows stop moving for stall_s, or the deadline
         last_n, last_move, all_rows_at = -1, time.monotonic(), None
         chk = Check()
@@ -643,8 +652,10 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
             if n >= cell.target():
                 all_rows_at = all_rows_at or time.monotonic()
                 chk = cell.check(pg, bootstrap, dlq_start, with_dlq=False)
-                if chk.exact or time.monotonic() - all_rows_at > stall_s:
-                    break  # exact, or every row there but the totals/state not matching for stall_s
+                if chk.exact and time.monotonic() - running_at >= AFTER_RECOVERY_S:
+                    break
+                if time.monotonic() - all_rows_at > stall_s:
+                    break  # every row there but the totals/state not matching for stall_s
             elif time.monotonic() - last_move > stall_s:
                 break
             time.sleep(3)
@@ -663,7 +674,7 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
         r1 = job.restarts()
         res.restarts = (r1 - restarts0) if r1 >= 0 and restarts0 >= 0 else None
         if not job.running():
-            res.error = "job not RUNNING after the cell"
+            res.error = (res.error + "; " if res.error else "") + "job not RUNNING after the cell"
     except Exception as e:  # noqa: BLE001 - a cell that fails is reported, the matrix goes on
         if sampler is not None:
             sampler.stop.set()

@@ -44,6 +44,7 @@ def beam_jar_install() -> None:
 
 JAVA_BOOT_MODULE = "github.com/apache/beam/sdks/v2/java/container"
 HARNESS_COMMAND = REPO / "devstack" / "java_harness" / "beam-java-harness"
+EXPANSION_CONFIG = REPO / "devstack" / "java_harness" / "expansion-service.yaml"
 
 
 def java_boot() -> Path:
@@ -98,6 +99,8 @@ def expansion_start() -> subprocess.Popen:
                                        PORTS["expansion-service"], "--defaultEnvironmentType=PROCESS",
                                        "--defaultEnvironmentConfig=" + json.dumps({"command": str(HARNESS_COMMAND)}),
                                        f"--filesToStage={empty_jar()}",
+                                       # as in production: the Kafka transforms stage no artifact at all
+                                       f"--expansionServiceConfigFile={EXPANSION_CONFIG}",
                                        "--experiments=use_deprecated_read"])
 
 
