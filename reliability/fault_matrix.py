@@ -182,6 +182,19 @@ class Check:
         return not (self.lost or self.duplicated or self.wrong or self.dlq_missing)
 
 
+def check_dead_letters(c: Check, produced, positions, bootstrap: str, dlq_start) -> None:
+    """Every malformed record's dead letter in its topic's DLQ (distinct source positions), no valid one there."""
+    for topic, recs in produced.items():
+        pos = positions[topic]
+        bad = {pos[i] for i, rec in enumerate(recs) if rec.kind == "malformed"}
+        good = {pos[i] for i, rec in enumerate(recs) if rec.kind != "malformed"}
+        found = dead_letters_at(topic, bootstrap, dlq_start[topic], bad | good)
+        c.dlq_missing += len(bad - set(found))
+        c.wrong += len(good & set(found))
+        c.details[f"dlq {topic}"] = {"malformed": len(bad), "missing": len(bad - set(found)),
+                                     "valid_dead_lettered": len(good & set(found))}
+
+
 class KpiCell:
     """The KPI pipeline: turns (80 %) and tool calls (20 %) of 200 sessions per cell; agent_turns rows,
     Redis session state/metrics, session_kpis totals and both topics' dead letters, exact."""
@@ -277,15 +290,7 @@ class KpiCell:
                               "state_not_newest": r_state}
 
         if with_dlq:
-            for topic, recs in self.produced.items():
-                pos = self.positions[topic]
-                bad = {pos[i] for i, rec in enumerate(recs) if rec.kind == "malformed"}
-                good = {pos[i] for i, rec in enumerate(recs) if rec.kind != "malformed"}
-                found = dead_letters_at(topic, bootstrap, dlq_start[topic], bad | good)
-                c.dlq_missing += len(bad - set(found))
-                c.wrong += len(good & set(found))
-                c.details[f"dlq {topic}"] = {"malformed": len(bad), "missing": len(bad - set(found)),
-                                             "valid_dead_lettered": len(good & set(found))}
+            check_dead_letters(c, self.produced, self.positions, bootstrap, dlq_start)
         return c
 
 
@@ -365,14 +370,7 @@ class FrontendCell:
                 "--health_period_seconds=10")
 
     def __init__(self, run_id: str, events: int, start_ms: int, seed: int):
-        from collections import defaultdict
-
-        from events.topics import CONTRACTS
-        from transforms.engagement import engagement_event, summarize
-        from transforms.pii import PiiPolicy, Redactor, load_hmac_key
-        from transforms.rows import frontend_to_row
-        from transforms.scoring import Scored, enrich_frontend
-        from transforms.validation import parse_event
+        from workloads.expected import frontend_expected
         from workloads.generator import FrontendSessionWorkload, FrontendWorkload, WidgetPerformanceWorkload
 
         self.run_id = run_id
@@ -390,24 +388,10 @@ class FrontendCell:
                     recs.append(ProducedRecord(r.key, r.value, r.timestamp_ms, "duplicate"))
             self.produced[cls.topic] = recs
         self.positions: Dict[str, List[Tuple[int, int]]] = {}
-        redactor = Redactor(PiiPolicy.load(), load_hmac_key())
-        self.want_rows: Dict[str, dict] = {}
-        by_session: Dict[str, dict] = defaultdict(dict)
-        for topic, recs in self.produced.items():
-            for r in recs:
-                if r.kind != "valid":
-                    continue
-                event, _ = redactor.event(parse_event(r.value, CONTRACTS[topic]))
-                scored = Scored(event, enrich_frontend(event))
-                row = frontend_to_row(scored)
-                self.want_rows[row["event_id"]] = json.loads(json.dumps(row, default=str))
-                e = engagement_event(scored)
-                by_session[e.session_id][e.event_id] = e
-        self.want_engagement = {}
-        for sid, evs in by_session.items():
-            s = summarize(evs.values())
-            self.want_engagement[sid] = (s["events"], s["duration_ms"], s["furthest_stage"], s["first_ms"],
-                                         s["last_ms"])
+        rows, sessions = frontend_expected(self.produced)
+        self.want_rows = {k: json.loads(json.dumps(row, default=str)) for k, row in rows.items()}
+        self.want_engagement = {sid: (s["events"], s["duration_ms"], s["furthest_stage"], s["first_ms"], s["last_ms"])
+                                for sid, s in sessions.items()}
 
     end_ms = KpiCell.end_ms
     records = KpiCell.records
@@ -458,15 +442,7 @@ class FrontendCell:
         c.details["frontend_session_engagement"] = {"sessions": len(self.want_engagement), "short_or_missing": short,
                                                     "counted_twice": over, "other": odd}
         if with_dlq:
-            for topic, recs in self.produced.items():
-                pos = self.positions[topic]
-                bad = {pos[i] for i, rec in enumerate(recs) if rec.kind == "malformed"}
-                good = {pos[i] for i, rec in enumerate(recs) if rec.kind != "malformed"}
-                found = dead_letters_at(topic, bootstrap, dlq_start[topic], bad | good)
-                c.dlq_missing += len(bad - set(found))
-                c.wrong += len(good & set(found))
-                c.details[f"dlq {topic}"] = {"malformed": len(bad), "missing": len(bad - set(found)),
-                                             "valid_dead_lettered": len(good & set(found))}
+            check_dead_letters(c, self.produced, self.positions, bootstrap, dlq_start)
         return c
 
 
