@@ -6,7 +6,7 @@ On the local stack, `--cycles` times: start the KPI pipeline with the README's c
 `--turns` turns, wait until every row, session total and Redis counter landed, cancel the job and wait until it and
 its Java harness processes are gone. After each cancel (no job running) it reads the TaskManager JVM's thread
 count (/proc), metaspace and direct memory in use (Flink's REST metrics), and counts the processes the TaskManager
-still has. Prints one row per cycle and the verdict: the last cycle's threads and metaspace within 10% of the
+still has and every Java harness JVM left on the machine (an orphan has another parent). Prints one row per cycle and the verdict: the last cycle's threads and metaspace within 10% of the
 first cycle's, every cycle's job read and wrote everything, no harness left behind.
 
 Runs one job at a time on the stack's TaskManager: do not run it while the test suite uses the stack.
@@ -58,6 +58,21 @@ def children(pid: int) -> List[int]:
     return [p for p in bp.descendants(pid) if p != pid]
 
 
+def java_harnesses() -> List[int]:
+    """Every live Java SDK harness JVM on the machine, whoever its parent (an orphan is not the TaskManager's)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if b"org.apache.beam.fn.harness.FnHarness" in (d / "cmdline").read_bytes() and \
+                    (d / "stat").read_text().split(") ", 1)[1][0] != "Z":
+                found.append(int(d.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
 def tm_metrics() -> Dict[str, float]:
     tms = _get("/taskmanagers")["taskmanagers"]
     if len(tms) != 1:
@@ -88,9 +103,9 @@ def cycle(i: int, args, bootstrap: str, tm_pid: int) -> Dict[str, object]:
     finally:
         bp.cancel_job(job)
     deadline = time.time() + 60
-    while time.time() < deadline and not (job_gone(job) and not children(tm_pid)):
+    while time.time() < deadline and not (job_gone(job) and not children(tm_pid) and not java_harnesses()):
         time.sleep(0.5)
-    left = children(tm_pid)
+    left = set(children(tm_pid)) | set(java_harnesses())
     time.sleep(args.settle)
     return {"cycle": i, "start_s": round(started, 1), "cycle_s": round(time.time() - t0, 1), "rows": n_rows,
             "landed": True, "harness_processes_while_running": harnesses_running,
