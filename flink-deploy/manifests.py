@@ -123,16 +123,21 @@ def flink_conf(fd: dict) -> Dict[str, str]:
     return dict(fd["spec"].get("flinkConfiguration") or {})
 
 
-def slots_needed() -> int:
-    """Task slots the five submitted jobs take (each job's --parallelism; slot sharing puts a whole pipeline in one
-    slot per parallel instance)."""
-    total = 0
+def submit_containers() -> List[dict]:
+    """The container of each Job that submits a pipeline to the session cluster."""
+    out = []
     for job in by_kind("Job"):
         c = job["spec"]["template"]["spec"]["containers"][0]
         if c.get("command", [])[:3] == ["python", "flink-deploy/flinkctl.py", "submit"]:
-            par = next((int(a.split("=", 1)[1]) for a in c.get("args", []) if a.startswith("--parallelism=")), 2)
-            total += par
-    return total
+            out.append(c)
+    return out
+
+
+def slots_needed() -> int:
+    """Task slots the five submitted jobs take (each job's --parallelism; slot sharing puts a whole pipeline in one
+    slot per parallel instance)."""
+    return sum(next((int(a.split("=", 1)[1]) for a in c.get("args", []) if a.startswith("--parallelism=")), 2)
+               for c in submit_containers())
 
 
 def _flink_pods(fd: dict) -> List[Pod]:
@@ -332,31 +337,121 @@ def _ignored(rel: str, patterns: List[str]) -> bool:
     return False
 
 
-def dockerfile_copies(dockerfile: Path = REPO / "Dockerfile") -> List[Tuple[List[str], str]]:
-    """(sources, destination) of each `COPY` from the build context (not `COPY --from=`), destinations made absolute
-    against the WORKDIR in force."""
-    workdir, out = "/", []
-    text = dockerfile.read_text().replace("\\\n", " ")
-    for line in text.splitlines():
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
-        if parts[0].upper() == "WORKDIR":
-            workdir = parts[1] if parts[1].startswith("/") else f"{workdir.rstrip('/')}/{parts[1]}"
-        elif parts[0].upper() == "COPY" and not any(p.startswith("--from") for p in parts[1:]):
-            args = [p for p in parts[1:] if not p.startswith("--")]
-            dest = args[-1]
-            if not dest.startswith("/"):
-                dest = f"{workdir.rstrip('/')}/{dest[2:] if dest.startswith('./') else dest}"
-            out.append((args[:-1], dest))
+def _dockerfile_instructions(dockerfile: Path) -> List[Tuple[str, str]]:
+    """(INSTRUCTION, rest of the line) of each instruction, continuation lines joined, comments dropped."""
+    out = []
+    for line in dockerfile.read_text().replace("\\\n", " ").splitlines():
+        parts = line.strip().split(None, 1)
+        if parts and not parts[0].startswith("#"):
+            out.append((parts[0].upper(), parts[1] if len(parts) > 1 else ""))
     return out
+
+
+def _substitute(s: str, values: Dict[str, str]) -> str:
+    """Docker's ${VAR} and $VAR substitution (unknown names stay as they are)."""
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values.get(m.group(1) or m.group(2), m.group(0)), s)
+
+
+def _final_stage(dockerfile: Path) -> Tuple[Dict[str, str], List[Tuple[str, str]]]:
+    """The ARG defaults (those declared before the first FROM, in force where the final stage re-declares them) and
+    the instructions of the final stage (what the image holds; COPYs into earlier build stages are not in it)."""
+    global_args: Dict[str, str] = {}
+    stages: List[List[Tuple[str, str]]] = []
+    for ins, rest in _dockerfile_instructions(dockerfile):
+        if ins == "FROM":
+            stages.append([])
+        elif not stages and ins == "ARG" and "=" in rest:
+            k, v = rest.split("=", 1)
+            global_args[k.strip()] = v.strip()
+        elif stages:
+            stages[-1].append((ins, rest))
+    final = stages[-1] if stages else []
+    args = {}
+    for ins, rest in final:
+        if ins == "ARG":
+            k, _, v = rest.partition("=")
+            args[k.strip()] = v.strip() if v else global_args.get(k.strip(), "")
+    return args, final
+
+
+def _copy_args(rest: str) -> Tuple[Dict[str, str], List[str]]:
+    flags, args = {}, []
+    for p in rest.split():
+        if p.startswith("--"):
+            k, _, v = p[2:].partition("=")
+            flags[k] = v
+        else:
+            args.append(p)
+    return flags, args
+
+
+def _absolute(dest: str, workdir: str) -> str:
+    return dest if dest.startswith("/") else f"{workdir.rstrip('/')}/{dest[2:] if dest.startswith('./') else dest}"
+
+
+def dockerfile_copies(dockerfile: Path = REPO / "Dockerfile") -> List[Tuple[List[str], str]]:
+    """(sources, destination) of each `COPY` from the build context (not `COPY --from=`) into the final stage,
+    destinations made absolute against the WORKDIR in force."""
+    return [(srcs, dest) for srcs, dest, _ in _context_copies(dockerfile)]
+
+
+def _context_copies(dockerfile: Path) -> List[Tuple[List[str], str, Optional[int]]]:
+    """(sources, destination, --chmod mode or None) of the final stage's COPYs from the build context."""
+    args, final = _final_stage(dockerfile)
+    workdir, out = "/", []
+    for ins, rest in final:
+        if ins == "WORKDIR":
+            workdir = _absolute(_substitute(rest.strip(), args), workdir)
+        elif ins == "COPY":
+            flags, parts = _copy_args(_substitute(rest, args))
+            if "from" in flags:
+                continue
+            mode = int(flags["chmod"], 8) if flags.get("chmod") else None
+            out.append((parts[:-1], _absolute(parts[-1], workdir), mode))
+    return out
+
+
+def dockerfile_stage_outputs(dockerfile: Path) -> Dict[str, Tuple[str, str]]:
+    """{image path: (build stage, path there)} of every file the final stage copies out of a build stage
+    (`COPY --from=<stage>`): the files the image gets from a build, not from the context."""
+    args, final = _final_stage(dockerfile)
+    workdir, out = "/", {}
+    for ins, rest in final:
+        if ins == "WORKDIR":
+            workdir = _absolute(_substitute(rest.strip(), args), workdir)
+        elif ins == "COPY":
+            flags, parts = _copy_args(_substitute(rest, args))
+            if "from" not in flags:
+                continue
+            srcs, dest = parts[:-1], _absolute(parts[-1], workdir)
+            for src in srcs:
+                target = f"{dest.rstrip('/')}/{src.rstrip('/').rsplit('/', 1)[-1]}" \
+                    if dest.endswith("/") or len(srcs) > 1 else dest
+                out[target] = (flags["from"], src)
+    return out
+
+
+def dockerfile_env(dockerfile: Path) -> Dict[str, str]:
+    """The environment the final stage's ENV instructions set (ARG defaults substituted), as every container of the
+    image starts with it (a container's `env` overrides it)."""
+    import shlex
+
+    args, final = _final_stage(dockerfile)
+    env: Dict[str, str] = {}
+    for ins, rest in final:
+        if ins != "ENV":
+            continue
+        for item in shlex.split(rest):
+            k, _, v = item.partition("=")
+            env[k] = _substitute(v, {**args, **env})
+    return env
 
 
 def build_image_tree(root: Path, dockerfile: Path = REPO / "Dockerfile") -> Path:
     """Copy into root/ exactly what the Dockerfile's COPY instructions put in the image (the .dockerignore applied),
     at their image paths (root/opt/iheardai/...). Returns root."""
     patterns = dockerignore()
-    for sources, dest in dockerfile_copies(dockerfile):
+    for sources, dest, mode in _context_copies(dockerfile):
         for src in sources:
             s = REPO / src
             if not s.exists():
@@ -369,6 +464,8 @@ def build_image_tree(root: Path, dockerfile: Path = REPO / "Dockerfile") -> Path
                         t = target / f.relative_to(s)
                         t.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(f, t)
+                        if mode is not None:
+                            t.chmod(mode)
             else:
                 if _ignored(src, patterns):
                     raise FileNotFoundError(f"{dockerfile.name}: COPY {src}: excluded by .dockerignore")
@@ -377,6 +474,8 @@ def build_image_tree(root: Path, dockerfile: Path = REPO / "Dockerfile") -> Path
                     t = t / s.name
                 t.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(s, t)
+                if mode is not None:
+                    t.chmod(mode)
     return root
 
 
@@ -387,6 +486,37 @@ def image_files(dockerfile: Path = REPO / "Dockerfile") -> List[str]:
     with tempfile.TemporaryDirectory() as tmp:
         root = build_image_tree(Path(tmp), dockerfile)
         return sorted("/" + f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file())
+
+
+FLINK_DOCKERFILE = REPO / "Dockerfile.flink"
+# What the Flink image's base (flink:<version>-java17) brings that the Dockerfile does not copy: Flink's distribution
+# and the JDK (JAVA_HOME of the eclipse-temurin base).
+FLINK_BASE_DIRS = ("/opt/flink/", "/opt/java/openjdk/")
+
+
+def image_paths(dockerfile: Path) -> List[str]:
+    """Every file the Dockerfile puts in its image: copied from the build context or out of a build stage."""
+    return sorted(set(image_files(dockerfile)) | set(dockerfile_stage_outputs(dockerfile)))
+
+
+def image_has(path: str, paths: Iterable[str], base_dirs: Tuple[str, ...] = ()) -> bool:
+    """Whether `path` is one of the image's files, a directory holding some, or below a base image directory."""
+    d = path.rstrip("/") + "/"
+    return path in paths or any(f.startswith(d) for f in paths) or path.startswith(base_dirs) or d in base_dirs
+
+
+def image_env(image: str) -> Dict[str, str]:
+    """The environment an image's containers start with (its Dockerfile's ENV)."""
+    if is_flink_image(image):
+        return dockerfile_env(FLINK_DOCKERFILE)
+    if is_pipelines_image(image):
+        return dockerfile_env(REPO / "Dockerfile")
+    return {}
+
+
+def effective_env(p: Pod, c: dict) -> Dict[str, str]:
+    """What the container's process sees: its image's ENV, overridden by the container's own env and envFrom."""
+    return {**image_env(p.image_of.get(c["name"], "")), **container_env(c)}
 
 
 def is_pipelines_image(image: str) -> bool:

@@ -1,4 +1,4 @@
-"""Requests, limits and the Flink memory model of every production pod, placed on three s-4vcpu-8gb nodes.
+"""Requests, limits and the Flink memory model of every production pod, placed on four s-4vcpu-8gb nodes.
 
     python flink-deploy/sizing.py            # print the tables
     python flink-deploy/sizing.py --write    # put them in flink-deploy/README.md (between the sizing markers)
@@ -6,7 +6,8 @@
 
 Everything is computed from the manifests (flink-deploy/manifests.py) and flink-deploy/operator-values.yaml.
 The node figures are assumptions until a live cluster shows its own (`kubectl describe nodes`: Allocatable, and
-the kube-system pods' requests); pass --node-cpu/--node-memory/--system-cpu/--system-memory to recompute.
+the kube-system pods' requests); pass --nodes/--node-cpu/--node-memory-mib/--system-cpu/--system-memory-mib to
+recompute.
 
 Placement is shown twice: first-fit decreasing (does a packing with headroom exist?) and the order in which the
 pods are created with kube-scheduler's default scoring (least allocated), which is where they will land.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +53,10 @@ class NodeModel:
     the cluster's CoreDNS/Cilium operator are estimated per node."""
 
     name: str = "s-4vcpu-8gb"
-    count: int = 3
+    # Four, not three: each TaskManager pod also holds up to three Java SDK harness processes (Kafka IO's Java half
+    # in a PROCESS environment); with them no TaskManager fits beside the JobManager or the job server within the
+    # headroom below, whatever the harness heap (README "Sizing").
+    count: int = 4
     allocatable_cpu: float = 3.8
     allocatable_mem: int = 6144 * MiB
     system_cpu: float = 0.3
@@ -110,6 +115,54 @@ def jobmanager_memory(process: int, conf: Dict[str, str]) -> Dict[str, int]:
         raise ValueError(f"JobManager process size {process // MiB} MiB leaves no heap")
     return {k: int(v) for k, v in dict(heap=heap, offHeap=off_heap, jvmMetaspace=metaspace, jvmOverhead=overhead,
                                        totalFlinkMemory=total_flink, totalProcessMemory=process).items()}
+
+
+# --- the Java SDK harnesses in the TaskManager container ------------------------------------------------------
+# Kafka IO's Java half runs in a PROCESS environment (flink-deploy/base/beam-services.yaml): one Java SDK harness
+# process per job with a task on a TaskManager, started by the TaskManager in flink-main-container. Its memory is in
+# the container but outside Flink's JVM, so Flink's model can hold it only as JVM overhead (native memory that Flink
+# leaves to the JVM and never hands out): the overhead must cover the JVM's own and every harness's.
+HARNESS_NATIVE = 240 * MiB  # a harness's memory beyond its heap (metaspace, code cache, threads, gRPC buffers, the
+#                             boot program): an estimate (~750 MiB RSS at a 512m heap), not measured under load
+#                             (benchmarks/taskmanager_cycles.py); idle at 128m it was 192 MiB in all (README "Sizing")
+TM_JVM_OWN_OVERHEAD = 256 * MiB  # the TaskManager JVM's own native memory (the overhead it ran with before)
+HARNESS_DEFAULT_HEAP = "512m"  # devstack/java_harness/bin/java without BEAM_JAVA_HARNESS_HEAP
+
+
+def java_size(s: str) -> int:
+    """A JVM size (-Xmx syntax: 256m, 1g, 524288k, bytes) -> bytes."""
+    mt = re.fullmatch(r"([0-9]+)([kKmMgGtT]?)", str(s).strip())
+    if not mt:
+        raise ValueError(f"not a JVM memory size: {s!r}")
+    return int(mt.group(1)) * {"": 1, "k": 2 ** 10, "m": 2 ** 20, "g": 2 ** 30, "t": 2 ** 40}[mt.group(2).lower()]
+
+
+@dataclass(frozen=True)
+class Harnesses:
+    """The Java SDK harnesses one TaskManager may run at once, and what its JVM overhead holds for them."""
+
+    heap: int  # BEAM_JAVA_HARNESS_HEAP as the TaskManager's environment has it
+    per_taskmanager: int  # one per job with a task there: at most one per slot, at most one per submitted job
+    overhead: int  # the TaskManager's JVM overhead (Flink's memory model)
+
+    @property
+    def rss(self) -> int:
+        return self.heap + HARNESS_NATIVE
+
+    @property
+    def needed(self) -> int:
+        return TM_JVM_OWN_OVERHEAD + self.per_taskmanager * self.rss
+
+
+def harnesses() -> Harnesses:
+    p = m.pod("iheardai-flink-taskmanager")
+    env = m.effective_env(p, p.container("flink-main-container"))
+    fd, = m.by_kind("FlinkDeployment")
+    conf = m.flink_conf(fd)
+    slots = int(conf.get("taskmanager.numberOfTaskSlots", "1"))
+    tm = taskmanager_memory(m.flink_memory(fd["spec"]["taskManager"]["resource"]["memory"]), conf)
+    return Harnesses(java_size(env.get("BEAM_JAVA_HARNESS_HEAP", HARNESS_DEFAULT_HEAP)),
+                     min(slots, len(m.submit_containers())), tm["jvmOverhead"])
 
 
 # --- pods ------------------------------------------------------------------------------------------------
@@ -289,6 +342,11 @@ class Report:
                     if mem_l != mem:
                         out.append(f"{d.pod}/{name}: memory limit {_mi(mem_l)} != request {_mi(mem)} (a long-running "
                                    f"container must not count on memory the node did not reserve for it)")
+        h = harnesses()
+        if h.overhead < h.needed:
+            out.append(f"the TaskManager's JVM overhead ({_mi(h.overhead)}) holds less than its own "
+                       f"{_mi(TM_JVM_OWN_OVERHEAD)} + {h.per_taskmanager} Java SDK harnesses x {_mi(h.rss)} (heap "
+                       f"{_mi(h.heap)} + {_mi(HARNESS_NATIVE)} native) = {_mi(h.needed)}")
         if self.ffd is None:
             out.append(f"the steady state does not pack on {md.count} nodes within {md.headroom:.0%} of each")
         for order, pods in self.pending.items():
@@ -371,6 +429,11 @@ def tables(r: Report) -> str:
               f"{_mi(tm['jvmMetaspace'])} | {_mi(tm['jvmOverhead'])} |",
               f"| JobManager | {_mi(jm['totalProcessMemory'])} | {_mi(jm['heap'])} | - | - | {_mi(jm['offHeap'])} | "
               f"{_mi(jm['jvmMetaspace'])} | {_mi(jm['jvmOverhead'])} |", ""]
+    h = harnesses()
+    lines += [f"The TaskManager's JVM overhead holds the Java SDK harness processes it starts (Kafka IO's Java half, one "
+              f"per job with a task on it): its own {_mi(TM_JVM_OWN_OVERHEAD)} + {h.per_taskmanager} harnesses x "
+              f"{_mi(h.rss)} (heap `BEAM_JAVA_HARNESS_HEAP` {_mi(h.heap)} + {_mi(HARNESS_NATIVE)} native, estimated) = "
+              f"{_mi(h.needed)} needed, {_mi(h.overhead)} configured.", ""]
 
     def node_table(title: str, nodes: List[Node]) -> List[str]:
         out = [title, "", "| node | pods | CPU requested | memory requested | memory limits |", "|---|---|---|---|---|"]
@@ -408,12 +471,13 @@ def main(argv=None) -> int:
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
     d = NodeModel()
+    parser.add_argument("--nodes", type=int, default=d.count)
     parser.add_argument("--node-cpu", type=float, default=d.allocatable_cpu)
     parser.add_argument("--node-memory-mib", type=int, default=d.allocatable_mem // MiB)
     parser.add_argument("--system-cpu", type=float, default=d.system_cpu)
     parser.add_argument("--system-memory-mib", type=int, default=d.system_mem // MiB)
     args = parser.parse_args(argv)
-    model = NodeModel(allocatable_cpu=args.node_cpu, allocatable_mem=args.node_memory_mib * MiB,
+    model = NodeModel(count=args.nodes, allocatable_cpu=args.node_cpu, allocatable_mem=args.node_memory_mib * MiB,
                       system_cpu=args.system_cpu, system_mem=args.system_memory_mib * MiB)
     r = report(model)
     text = tables(r)

@@ -1,8 +1,9 @@
 """Kafka wiring: Beam's ReadFromKafka as KafkaRecords, and the dead-letter writer (WriteDeadLetters).
 
 Both are Beam cross-language transforms: their Java part is expanded by the Kafka expansion service
-(`--expansion_service`, the local stack runs one on localhost:8097 with an EMBEDDED Java environment and
-`use_deprecated_read`, so Flink checkpoints the Kafka source and commits offsets on completed checkpoints).
+(`--expansion_service`, the local stack runs one on localhost:8097 with a PROCESS Java environment (a Java SDK
+harness process per job, devstack/java_harness) and `use_deprecated_read`, so Flink checkpoints the Kafka source
+and commits offsets on completed checkpoints).
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from workloads.expected import kpi_redis_state, kpi_session_totals
 from workloads.generator import ProducedRecord, ToolWorkload, TurnWorkload
 
 POINTS = {"early": 0.10, "middle": 0.50, "late": 0.90}
+AFTER_RECOVERY_S = 30  # a cell is judged no sooner than this after its job runs again (replays, late panes)
 OUTAGE_S = {"kafka": 20, "postgres": 20, "redis": 20, "s3": 60, "job_server": 0}
 SERVICE = {"kafka": "kafka", "postgres": "postgres", "redis": "redis", "s3": "s3", "job_server": "job-server"}
 ALL_FAULTS = ("tm_kill", "pool_kill", "kafka", "postgres", "redis", "s3", "job_server")
@@ -181,6 +182,19 @@ class Check:
         return not (self.lost or self.duplicated or self.wrong or self.dlq_missing)
 
 
+def check_dead_letters(c: Check, produced, positions, bootstrap: str, dlq_start) -> None:
+    """Every malformed record's dead letter in its topic's DLQ (distinct source positions), no valid one there."""
+    for topic, recs in produced.items():
+        pos = positions[topic]
+        bad = {pos[i] for i, rec in enumerate(recs) if rec.kind == "malformed"}
+        good = {pos[i] for i, rec in enumerate(recs) if rec.kind != "malformed"}
+        found = dead_letters_at(topic, bootstrap, dlq_start[topic], bad | good)
+        c.dlq_missing += len(bad - set(found))
+        c.wrong += len(good & set(found))
+        c.details[f"dlq {topic}"] = {"malformed": len(bad), "missing": len(bad - set(found)),
+                                     "valid_dead_lettered": len(good & set(found))}
+
+
 class KpiCell:
     """The KPI pipeline: turns (80 %) and tool calls (20 %) of 200 sessions per cell; agent_turns rows,
     Redis session state/metrics, session_kpis totals and both topics' dead letters, exact."""
@@ -276,15 +290,7 @@ class KpiCell:
                               "state_not_newest": r_state}
 
         if with_dlq:
-            for topic, recs in self.produced.items():
-                pos = self.positions[topic]
-                bad = {pos[i] for i, rec in enumerate(recs) if rec.kind == "malformed"}
-                good = {pos[i] for i, rec in enumerate(recs) if rec.kind != "malformed"}
-                found = dead_letters_at(topic, bootstrap, dlq_start[topic], bad | good)
-                c.dlq_missing += len(bad - set(found))
-                c.wrong += len(good & set(found))
-                c.details[f"dlq {topic}"] = {"malformed": len(bad), "missing": len(bad - set(found)),
-                                             "valid_dead_lettered": len(good & set(found))}
+            check_dead_letters(c, self.produced, self.positions, bootstrap, dlq_start)
         return c
 
 
@@ -352,7 +358,118 @@ class BillingCell:
         return c
 
 
-PIPELINES = {"kpi": KpiCell, "billing": BillingCell}
+class FrontendCell:
+    """The frontend pipeline: interactions (70 %), session summaries and widget measurements (15 % each) of 200
+    sessions per cell, every 6th record produced twice, malformed ones on every topic; frontend_analytics rows
+    (redacted, enriched: every column), frontend_session_engagement per session (events, duration, funnel stage)
+    and the three topics' dead letters, exact. Progress is counted in frontend_analytics rows."""
+
+    pipeline = "frontend"
+    topics = (topics.FRONTEND_INTERACTION, topics.FRONTEND_SESSION, topics.FRONTEND_WIDGET)
+    job_args = ("--session_gap_seconds=600", "--allowed_lateness_seconds=600", "--early_firing_seconds=2",
+                "--health_period_seconds=10")
+
+    def __init__(self, run_id: str, events: int, start_ms: int, seed: int):
+        from workloads.expected import frontend_expected
+        from workloads.generator import FrontendSessionWorkload, FrontendWorkload, WidgetPerformanceWorkload
+
+        self.run_id = run_id
+        n_session = n_widget = max(1, events * 15 // 100)
+        parts = [(FrontendWorkload, events - n_session - n_widget), (FrontendSessionWorkload, n_session),
+                 (WidgetPerformanceWorkload, n_widget)]
+        self.produced: Dict[str, List[ProducedRecord]] = {}
+        for i, (cls, n) in enumerate(parts):
+            w = cls(seed=seed + i, run_id=run_id, start_ms=start_ms, sessions=200, pii_rate=0.2,
+                    malformed_rate=0.04).generate(n)
+            recs: List[ProducedRecord] = []
+            for j, r in enumerate(w.records):
+                recs.append(r)
+                if r.kind == "valid" and j % 6 == 0:
+                    recs.append(ProducedRecord(r.key, r.value, r.timestamp_ms, "duplicate"))
+            self.produced[cls.topic] = recs
+        self.positions: Dict[str, List[Tuple[int, int]]] = {}
+        rows, sessions = frontend_expected(self.produced)
+        self.want_rows = {k: json.loads(json.dumps(row, default=str)) for k, row in rows.items()}
+        self.want_engagement = {sid: (s["events"], s["duration_ms"], s["furthest_stage"], s["first_ms"], s["last_ms"])
+                                for sid, s in sessions.items()}
+
+    end_ms = KpiCell.end_ms
+    records = KpiCell.records
+
+    def landed(self, pg: Pg) -> int:
+        return pg.query("SELECT count(*) FROM frontend_analytics WHERE session_id LIKE %s", (f"{self.run_id}-%",))[0][0]
+
+    def target(self) -> int:
+        return len(self.want_rows)
+
+    def check(self, pg: Pg, bootstrap: str, dlq_start, with_dlq: bool) -> Check:
+        from transforms.rows import FRONTEND_COLUMNS
+
+        c = Check()
+        cols = ", ".join(f'"{col}"' for col in FRONTEND_COLUMNS)
+        rows = pg.query(f"SELECT count(*) OVER (PARTITION BY event_id), to_jsonb(t) FROM (SELECT {cols} "
+                        "FROM frontend_analytics WHERE session_id LIKE %s) t", (f"{self.run_id}-%",))
+        got = {r[1]["event_id"]: r[1] for r in rows}
+        c.duplicated += len(rows) - len(got)
+        missing = set(self.want_rows) - set(got)
+        c.lost += len(missing)
+
+        def same(g: dict, w: dict) -> bool:
+            return all(_same_value(g.get(k), w.get(k)) for k in FRONTEND_COLUMNS)
+
+        wrong = [k for k, w in self.want_rows.items() if k in got and not same(got[k], w)]
+        c.wrong += len(wrong) + len(set(got) - set(self.want_rows))
+        c.details["frontend_analytics"] = {"expected": len(self.want_rows), "rows": len(rows),
+                                           "missing": len(missing), "e.g.": sorted(missing)[:3],
+                                           "wrong": len(wrong), "wrong e.g.": wrong[:2]}
+        eng = {r[0]: (r[1], r[2], r[3], int(r[4].timestamp() * 1000), int(r[5].timestamp() * 1000)) for r in pg.query(
+            "SELECT session_id, events, duration_ms, furthest_stage, started_at, ended_at "
+            "FROM frontend_session_engagement WHERE session_id LIKE %s", (f"{self.run_id}-%",))}
+        short = over = odd = 0
+        for sid, w in self.want_engagement.items():
+            g = eng.get(sid)
+            if g == w:
+                continue
+            if g is None or g[0] < w[0]:
+                short += 1
+            elif g[0] > w[0]:
+                over += 1
+            else:
+                odd += 1
+        c.lost += short
+        c.duplicated += over
+        c.wrong += odd + len(set(eng) - set(self.want_engagement))
+        c.details["frontend_session_engagement"] = {"sessions": len(self.want_engagement), "short_or_missing": short,
+                                                    "counted_twice": over, "other": odd}
+        if with_dlq:
+            check_dead_letters(c, self.produced, self.positions, bootstrap, dlq_start)
+        return c
+
+
+def _same_value(got, want) -> bool:
+    """A column read back as JSON (to_jsonb) against the row the pipeline built (JSON-normalised): timestamps
+    come back as ISO strings, numerics as numbers."""
+    if got == want:
+        return True
+    if isinstance(got, (int, float)) and isinstance(want, (int, float)):
+        return abs(float(got) - float(want)) <= 1e-6 * max(1.0, abs(float(want)))
+    if isinstance(got, str) and isinstance(want, str):
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(got) == datetime.fromisoformat(want)
+        except ValueError:
+            return False
+    return False
+
+
+PIPELINES = {"kpi": KpiCell, "billing": BillingCell, "frontend": FrontendCell}
+# Pipelines whose windows close on the watermark get a job (and consumer group) per cell: a cell's records are
+# hours older than the time at which the previous cell's partitions went idle, and Kafka's CreateTime watermark
+# of a caught-up partition moves to the present, so a shared job would see every later cell's records as too
+# late. The KPI pipeline reads text.agent.session.updated, which no cell writes: its watermark stays back, one
+# job serves every cell.
+JOB_PER_CELL = {"billing", "frontend"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -363,7 +480,7 @@ class Job:
     """One README-command job per pipeline for the matrix; submitted again if it is not RUNNING."""
 
     def __init__(self, pipeline: str, matrix_id: str):
-        self.pipeline, self.matrix_id = pipeline, matrix_id
+        self.pipeline, self.matrix_id = pipeline, matrix_id  # matrix_id: the matrix's id, or `<id>c<cell>`
         # an e2e group: the pipeline principal may use `e2e-<pipeline>-*`, the test workload commits its start
         self.group = f"e2e-{pipeline}-fault-{matrix_id}"
         self.job_name = f"iheardai-{pipeline}-fault-{matrix_id}"
@@ -493,6 +610,14 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
         t0, t1 = inject(fault)
         res.fault_s = round(t1 - t0, 1)
         log(f"  fault over after {res.fault_s}s")
+        # The job must be RUNNING again (a restarted job replays from its checkpoint: what it writes then is what
+        # could duplicate) and be watched for a while before "exact" counts, even if every row landed before the
+        # fault.
+        try:
+            _wait(job.running, 240, "the job to run again after the fault", interval_s=1.0)
+        except RuntimeError as e:
+            res.error = str(e)
+        running_at = time.monotonic()
         # finish: until exact, or the rows stop moving for stall_s, or the deadline
         last_n, last_move, all_rows_at = -1, time.monotonic(), None
         chk = Check()
@@ -503,8 +628,10 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
             if n >= cell.target():
                 all_rows_at = all_rows_at or time.monotonic()
                 chk = cell.check(pg, bootstrap, dlq_start, with_dlq=False)
-                if chk.exact or time.monotonic() - all_rows_at > stall_s:
-                    break  # exact, or every row there but the totals/state not matching for stall_s
+                if chk.exact and time.monotonic() - running_at >= AFTER_RECOVERY_S:
+                    break
+                if time.monotonic() - all_rows_at > stall_s:
+                    break  # every row there but the totals/state not matching for stall_s
             elif time.monotonic() - last_move > stall_s:
                 break
             time.sleep(3)
@@ -523,7 +650,7 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
         r1 = job.restarts()
         res.restarts = (r1 - restarts0) if r1 >= 0 and restarts0 >= 0 else None
         if not job.running():
-            res.error = "job not RUNNING after the cell"
+            res.error = (res.error + "; " if res.error else "") + "job not RUNNING after the cell"
     except Exception as e:  # noqa: BLE001 - a cell that fails is reported, the matrix goes on
         if sampler is not None:
             sampler.stop.set()
@@ -573,6 +700,9 @@ def run_matrix(pipelines: List[str], faults: List[str], points: List[str], event
             job = Job(p, matrix_id)
             try:
                 for i, (pp, f, pt) in enumerate(c for c in cells if c[0] == p):
+                    if p in JOB_PER_CELL:
+                        job.cancel()
+                        job = Job(p, f"{matrix_id}c{i}")
                     res, end_ms = run_cell(job, p, f, pt, events, start_ms, seed=1000 + len(results),
                                            settle_timeout_s=max(600.0, events / 50), stall_s=90)
                     results.append(res)

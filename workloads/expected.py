@@ -91,3 +91,32 @@ def billing_usage(records, prices=None) -> Dict[Tuple[str, int], list]:
             w[2] += ev["tokens_out"]
             w[4] += score_turn(AgentTurnCompleted.model_validate(ev), prices)["estimated_cost_usd"]
     return dict(want)
+
+
+def frontend_expected(produced) -> Tuple[Dict[str, dict], Dict[str, dict]]:
+    """What the frontend pipeline writes for produced records ({topic: [ProducedRecord]}): the frontend_analytics
+    row of each distinct valid event (validated, redacted with the local policy and key, enriched) by event_id, and
+    `transforms.engagement.summarize` of each session's distinct events by session_id."""
+    from collections import defaultdict
+
+    from events.topics import CONTRACTS
+    from transforms.engagement import engagement_event, summarize
+    from transforms.pii import PiiPolicy, Redactor, load_hmac_key
+    from transforms.rows import frontend_to_row
+    from transforms.scoring import Scored, enrich_frontend
+    from transforms.validation import parse_event
+
+    redactor = Redactor(PiiPolicy.load(), load_hmac_key())
+    rows: Dict[str, dict] = {}
+    by_session: Dict[str, dict] = defaultdict(dict)
+    for topic, recs in produced.items():
+        for r in recs:
+            if r.kind != "valid":
+                continue
+            event, _ = redactor.event(parse_event(r.value, CONTRACTS[topic]))
+            scored = Scored(event, enrich_frontend(event))
+            row = frontend_to_row(scored)
+            rows[row["event_id"]] = row
+            e = engagement_event(scored)
+            by_session[e.session_id][e.event_id] = e
+    return rows, {sid: summarize(evs.values()) for sid, evs in by_session.items()}

@@ -1,7 +1,8 @@
-"""End-to-end tests share one Flink cluster; each test module starts on a fresh TaskManager.
+"""End-to-end tests share one Flink cluster and its one TaskManager for the whole suite.
 
-Cancelled Beam jobs leave Kafka producer threads and classes of the EMBEDDED Java harness behind in the
-TaskManager JVM (see devstack.services.flink.restart_taskmanager); recycling it per module keeps a long suite healthy.
+Kafka IO's Java half runs in a PROCESS environment that ends with each job, and the Beam runner's classes are
+loaded once from the cluster's classpath, so cancelled jobs leave nothing behind in the TaskManager
+(benchmarks/taskmanager_cycles.py measures it). IHEARDAI_FRESH_TASKMANAGER=1 recycles it before each module anyway.
 """
 
 import pytest
@@ -9,12 +10,12 @@ import pytest
 
 @pytest.fixture(scope="module", autouse=True)
 def fresh_taskmanager(stack):
-    """IHEARDAI_SHARED_STACK=1 (a cluster others use, e.g. for benchmarks): leave the TaskManager alone."""
+    """IHEARDAI_FRESH_TASKMANAGER=1: a new TaskManager before each module (to tell a leak from a test's fault)."""
     import os
 
     from devstack.services.flink import restart_taskmanager
 
-    if os.environ.get("IHEARDAI_SHARED_STACK") != "1":
+    if os.environ.get("IHEARDAI_FRESH_TASKMANAGER") == "1" and os.environ.get("IHEARDAI_SHARED_STACK") != "1":
         restart_taskmanager()
     yield
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 from typing import Dict, List, Tuple
 
 import pytest
@@ -14,16 +13,12 @@ import pytest
 from events import topics
 from tests.e2e.flink_helpers import (commit_group_at_end, end_offsets, poll, produce_with_offsets, read_from,
                                      readme_pipeline)
-from events.topics import CONTRACTS
 from events.dead_letters import DeadLetter
-from transforms.engagement import engagement_event, summarize
 from transforms.keyed_totals import row_version
+from workloads.expected import frontend_expected
 from workloads.generator import (FrontendSessionWorkload, FrontendWorkload, ProducedRecord,
                                   WidgetPerformanceWorkload)
-from transforms.pii import PiiPolicy, Redactor, load_hmac_key
-from transforms.rows import FRONTEND_COLUMNS, frontend_to_row
-from transforms.scoring import Scored, enrich_frontend
-from transforms.validation import parse_event
+from transforms.rows import FRONTEND_COLUMNS
 from io_connectors.settings import librdkafka_for
 
 pytestmark = pytest.mark.e2e
@@ -97,24 +92,10 @@ def test_frontend_events_land_exactly_once_with_session_engagement_and_dlq(stack
     with readme_pipeline("frontend", run_id, None, f"--session_gap_seconds={GAP_S}",
                          "--allowed_lateness_seconds=600", "--early_firing_seconds=2") as job:
         # Expected values: the pure functions the pipeline applies (validate, redact, enrich, build the row).
-        redactor = Redactor(PiiPolicy.load(), load_hmac_key())
-        want_rows: Dict[str, dict] = {}
-        by_session = defaultdict(dict)
-        for topic, recs in produced.items():
-            for r in recs:
-                if r.kind != "valid":
-                    continue
-                event, _ = redactor.event(parse_event(r.value, CONTRACTS[topic]))
-                scored = Scored(event, enrich_frontend(event))
-                row = frontend_to_row(scored)
-                want_rows[row["event_id"]] = row
-                e = engagement_event(scored)
-                by_session[e.session_id][e.event_id] = e
-        want_engagement = {}
-        for sid, evs in by_session.items():
-            s = summarize(evs.values())
-            want_engagement[sid] = (s["user_id"], s["events"], s["duration_ms"], s["furthest_stage"],
-                                    s["first_ms"], s["last_ms"], True, row_version(s["last_ms"], s["events"], True))
+        want_rows, sessions = frontend_expected(produced)
+        want_engagement = {sid: (s["user_id"], s["events"], s["duration_ms"], s["furthest_stage"], s["first_ms"],
+                                 s["last_ms"], True, row_version(s["last_ms"], s["events"], True))
+                           for sid, s in sessions.items()}
         assert len(want_rows) == sum(sizes.values()) + sum(partitions[t] for t in workloads)
 
         cols = ", ".join(f'"{c}"' for c in FRONTEND_COLUMNS)

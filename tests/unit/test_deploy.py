@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -28,6 +29,7 @@ COMPOSE = REPO / "docker-compose.yml"
 PIPELINES = {"kpi", "frontend", "billing", "archive", "leads"}
 FLINK_IMAGE_TAG = f"{versions.FLINK}-beam{versions.BEAM}"
 BEAM_JAR = f"/opt/beam/beam-services-{versions.BEAM}-flink-{versions.FLINK_MINOR}.jar"
+EMPTY_JAR = "/opt/beam/beam-java-harness-empty.jar"
 PLACEHOLDER = re.compile(r"^<[A-Z0-9_]+>$")
 
 
@@ -207,6 +209,9 @@ def test_dockerfiles_match_versions():
     assert f"ARG BEAM_VERSION={versions.BEAM}\n" in flink
     assert f"FROM flink:${{FLINK_VERSION}}-java{versions.JAVA}" in flink
     assert "devstack/maven/beam-services/pom.xml" in flink and "flink-s3-fs-presto" in flink
+    # the Java SDK harness's boot program at the Beam version, a static binary (it runs on the Flink image's libc)
+    assert re.search(r"^RUN CGO_ENABLED=0 .*go install github\.com/apache/beam/sdks/v2/java/container@v\$\{BEAM_VERSION\}",
+                     flink, re.M)
     py = (REPO / "Dockerfile").read_text()
     assert "ARG PYTHON_VERSION=3.11\n" in py
     assert "pip install -r requirements.txt" in py and "pip install --no-deps ." in py
@@ -219,7 +224,7 @@ def test_dockerfiles_match_versions():
 def test_beam_services_jar_path_everywhere():
     for text in [(DEPLOY / "base" / "beam-services.yaml").read_text(), COMPOSE.read_text()]:
         jars = set(re.findall(r"/opt/beam/[\w.-]+\.jar", text))
-        assert jars == {BEAM_JAR}
+        assert jars == {BEAM_JAR, EMPTY_JAR}  # the services' jar, and what the expansion service stages
 
 
 # --- topology --------------------------------------------------------------------------------------
@@ -241,7 +246,15 @@ def test_beam_services_deployments():
     ex, = deps["beam-expansion"]["spec"]["template"]["spec"]["containers"]
     assert "--flink-master=iheardai-flink-rest:8081" in js["command"] and "--job-port=8099" in js["command"]
     assert "--job-host=0.0.0.0" in js["command"]
-    assert "--defaultEnvironmentType=EMBEDDED" in ex["command"] and "--experiments=use_deprecated_read" in ex["command"]
+    # Kafka IO's Java half in a PROCESS environment (EMBEDDED kept every cancelled job's classes and threads in the
+    # TaskManager JVM); the Flink source checkpoints Kafka (use_deprecated_read). tests/unit/test_deploy_pods.py
+    # checks that the command and files are in the Flink image.
+    assert "--defaultEnvironmentType=PROCESS" in ex["command"] and "--experiments=use_deprecated_read" in ex["command"]
+    assert not any("EMBEDDED" in a for a in ex["command"])
+    config, = [json.loads(a.split("=", 1)[1]) for a in ex["command"] if a.startswith("--defaultEnvironmentConfig=")]
+    assert config == {"command": "/opt/beam/java_harness/beam-java-harness"}
+    assert f"--filesToStage={EMPTY_JAR}" in ex["command"]
+    assert "--expansionServiceConfigFile=/opt/beam/java_harness/expansion-service.yaml" in ex["command"]
     services = {d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]} for _, d in by_kind("Service")}
     assert {k: v for k, v in services.items() if k.startswith("beam-")} == {
         "beam-job-server": {8098, 8099}, "beam-expansion": {8097}}
@@ -249,6 +262,25 @@ def test_beam_services_deployments():
     assert cm["data"]["BEAM_JOB_ENDPOINT"] == "beam-job-server:8099"
     assert cm["data"]["BEAM_ARTIFACT_ENDPOINT"] == "beam-job-server:8098"
     assert cm["data"]["BEAM_EXPANSION_SERVICE"] == "beam-expansion:8097"
+
+
+def test_the_kafka_transforms_stage_no_artifact():
+    """The expansion service's config maps the URN of each Kafka transform the Python SDK expands to no dependency:
+    a staged artifact would live in the job server's pod, and the TaskManager must serve it to the harness's boot
+    program from there (it cannot: the harness would not start). A Beam upgrade that renames a URN fails here."""
+    from apache_beam.io.kafka import ReadFromKafka, WriteToKafka
+
+    config = yaml.safe_load((REPO / "devstack/java_harness/expansion-service.yaml").read_text())
+    assert set(config) == {"dependencies"}
+    assert config["dependencies"] == {ReadFromKafka.URN_WITH_METADATA: [], ReadFromKafka.URN_WITHOUT_METADATA: [],
+                                      WriteToKafka.URN: []}
+
+
+def test_the_session_cluster_loads_beam_once():
+    """parent-first class loading with the beam-services jar on Flink's classpath (HADOOP_CLASSPATH of the Flink
+    image): Beam's runner classes load once per TaskManager, not once per job."""
+    (_, fd), = by_kind("FlinkDeployment")
+    assert fd["spec"]["flinkConfiguration"]["classloader.resolve-order"] == "parent-first"
 
 
 def test_marketo_cronjob():

@@ -11,6 +11,8 @@ pods as the operator builds them from the FlinkDeployment.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -35,17 +37,31 @@ REGISTRY_SECRET = "registry-iheardai"
 m = load("manifests")
 
 
+LAUNCHER = "/opt/beam/java_harness/beam-java-harness"  # the PROCESS environment's command
+HARNESS_DIR = REPO / "devstack" / "java_harness"
+
+
 @pytest.fixture(scope="module")
 def pipelines_image_files():
     return set(m.image_files())
 
 
-def _flink_image_has(path: str) -> bool:
-    """Paths Dockerfile.flink puts in the Flink image: Flink's own tree and the Beam services jar."""
-    return path == BEAM_JAR or path.startswith("/opt/flink/")
+_FLINK_FILES = {}
 
 
-def _unmounted(p, c, image_files) -> list:
+def _flink_files(dockerfile: Path = m.FLINK_DOCKERFILE) -> set:
+    """Every file Dockerfile.flink puts in the Flink image (copied from the context or out of its build stages)."""
+    if dockerfile not in _FLINK_FILES:
+        _FLINK_FILES[dockerfile] = set(m.image_paths(dockerfile))
+    return _FLINK_FILES[dockerfile]
+
+
+def _flink_image_has(path: str, files=None) -> bool:
+    """The Flink image holds the path: Dockerfile.flink put it there, or it is the base image's (Flink, the JDK)."""
+    return m.image_has(path, _flink_files() if files is None else files, m.FLINK_BASE_DIRS)
+
+
+def _unmounted(p, c, image_files, flink_files=None) -> list:
     mounted = m.mounted_files(p, c)
     image = p.image_of.get(c["name"], "")
     missing = []
@@ -57,7 +73,7 @@ def _unmounted(p, c, image_files) -> list:
         if m.is_pipelines_image(image) and (path in image_files or any(f.startswith(path.rstrip("/") + "/")
                                                                        for f in image_files)):
             continue
-        if m.is_flink_image(image) and _flink_image_has(path):
+        if m.is_flink_image(image) and _flink_image_has(path, flink_files):
             continue
         missing.append(f"{p.name}/{c['name']} {where}: {path}")
     return missing
@@ -70,8 +86,9 @@ def test_every_file_path_given_to_a_process_is_mounted_or_in_its_image(pipelines
 
 def test_the_java_kafka_clients_can_read_the_truststore_the_submitter_names():
     """The submitter puts ssl.truststore.location=$KAFKA_SSL_CA_FILE in the Kafka config of the job; the Java
-    clients that use that config run in the TaskManagers (EMBEDDED Kafka IO) and the job server (it splits the
-    Kafka source): that path must be a mounted file there, holding the CA from the same Secret."""
+    clients that use that config run in the TaskManagers' flink-main-container (the Kafka source in the TaskManager
+    JVM, the producers in the Java SDK harness processes it starts) and the job server (it splits the Kafka
+    source): that path must be a mounted file there, holding the CA from the same Secret."""
     cm = m.named("ConfigMap", "iheardai-settings")["data"]
     ca = cm["KAFKA_SSL_CA_FILE"]
     for pod, container in (("iheardai-flink-taskmanager", "flink-main-container"), ("beam-job-server", "job-server")):
@@ -89,6 +106,90 @@ def test_the_path_check_catches_an_unmounted_file(pipelines_image_files):
         "iheardai-flink-taskmanager/beam-worker-pool env EXTRA_FILE: /var/run/secrets/other/ca.crt"]
     no_mount = {**c, "volumeMounts": []}
     assert any("PII_HMAC_KEY_FILE" in x for x in _unmounted(p, no_mount, pipelines_image_files))
+
+
+# --- the Java SDK harness (Kafka IO's Java half in a PROCESS environment) ------------------------------------
+
+def _expansion_command() -> list:
+    return m.container_argv(m.pod("beam-expansion").container("expansion-service"))
+
+
+def test_the_harness_command_and_its_java_shim_are_in_the_flink_image_and_executable(tmp_path):
+    """The expansion service names the command each TaskManager runs for a job's harness: it must be in the image the
+    TaskManagers run (they run the same Flink image), executable, with the java shim it puts first in PATH."""
+    config, = [json.loads(a.split("=", 1)[1]) for a in _expansion_command()
+               if a.startswith("--defaultEnvironmentConfig=")]
+    assert config["command"] == LAUNCHER
+    tm = m.pod("iheardai-flink-taskmanager")
+    assert m.is_flink_image(tm.image_of["flink-main-container"])
+    assert tm.image_of["flink-main-container"] == m.pod("beam-expansion").image_of["expansion-service"]
+    root = m.build_image_tree(tmp_path, m.FLINK_DOCKERFILE)
+    launcher = root / LAUNCHER.lstrip("/")
+    shim = launcher.parent / "bin" / "java"  # beam-java-harness: PATH="$here/bin:$PATH"
+    assert 'export PATH="$here/bin:$PATH"' in launcher.read_text()
+    for image_file, source in ((launcher, HARNESS_DIR / "beam-java-harness"), (shim, HARNESS_DIR / "bin" / "java")):
+        assert image_file.is_file(), f"Dockerfile.flink does not copy {source.relative_to(REPO)}"
+        assert image_file.read_bytes() == source.read_bytes()
+        assert os.access(image_file, os.X_OK), f"{image_file.relative_to(root)} is not executable in the image"
+
+
+def test_the_files_the_expansion_service_stages_are_in_its_image():
+    argv = _expansion_command()
+    named = [a.split("=", 1)[1] for a in argv if a.startswith(("--filesToStage=", "--expansionServiceConfigFile="))]
+    assert len(named) == 2
+    for path in named:
+        assert path in _flink_files(), f"the Flink image has no {path}"
+    # the empty jar comes out of the Maven stage, the config with the launcher
+    assert m.dockerfile_stage_outputs(m.FLINK_DOCKERFILE)["/opt/beam/beam-java-harness-empty.jar"][0] == "beam-services"
+
+
+def test_the_path_check_catches_a_launcher_the_image_lacks(tmp_path):
+    text = m.FLINK_DOCKERFILE.read_text()
+    copy = "COPY --chmod=0755 devstack/java_harness/ /opt/beam/java_harness/\n"
+    assert copy in text
+    broken = tmp_path / "Dockerfile.flink"
+    broken.write_text(text.replace(copy, ""))
+    files = set(m.image_paths(broken))
+    assert LAUNCHER not in files and LAUNCHER in _flink_files()
+    p = m.pod("beam-expansion")
+    assert not _unmounted(p, p.container("expansion-service"), set())
+    missing = _unmounted(p, p.container("expansion-service"), set(), files)
+    assert f"beam-expansion/expansion-service argv: {LAUNCHER}" in missing
+
+
+def test_the_taskmanager_gives_the_harness_launcher_what_it_reads():
+    """beam-java-harness and its java shim read their settings from the environment the TaskManager passes on: each
+    one the scripts read is set in the TaskManager container (its image's ENV or the pod template), pointing at what
+    the image or a mount holds. Production does not rely on the scripts' defaults ($TMPDIR, 512m)."""
+    scripts = (HARNESS_DIR / "beam-java-harness").read_text() + (HARNESS_DIR / "bin" / "java").read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", scripts))
+    optional = set(re.findall(r"\$\{(BEAM_\w+):-", scripts))
+    assert required == {"BEAM_JAVA_BOOT", "BEAM_JAVA_HARNESS_JAR", "JAVA_HOME"}, required
+    assert optional == {"BEAM_JAVA_HARNESS_DIR", "BEAM_JAVA_HARNESS_HEAP"}, optional
+    p = m.pod("iheardai-flink-taskmanager")
+    c = p.container("flink-main-container")
+    env = m.effective_env(p, c)
+    assert not (required - {"JAVA_HOME"}) - set(env) and not optional - set(env), sorted(set(env))
+    # JAVA_HOME is the base image's (eclipse-temurin); the image's build fails without it
+    assert 'test -x "$JAVA_HOME/bin/java"' in m.FLINK_DOCKERFILE.read_text()
+    assert m.dockerfile_stage_outputs(m.FLINK_DOCKERFILE)[env["BEAM_JAVA_BOOT"]][0] == "java-boot"
+    assert env["BEAM_JAVA_HARNESS_JAR"] == BEAM_JAR and BEAM_JAR in _flink_files()
+    # the working directories: a mount uid 9999 can write (an emptyDir), not the image's read-only layers
+    assert m.mounted_files(p, c).get(env["BEAM_JAVA_HARNESS_DIR"].rstrip("/") + "/", "not mounted") is None
+    assert re.fullmatch(r"[0-9]+[kmg]", env["BEAM_JAVA_HARNESS_HEAP"])
+
+
+def test_flink_has_the_beam_jar_on_its_classpath():
+    """HADOOP_CLASSPATH: Flink's scripts append it after lib/ for the JobManager and the TaskManagers, so Beam's
+    runner classes load from the cluster's classpath (parent-first, base/flink-session.yaml)."""
+    for pod in ("iheardai-flink-jobmanager", "iheardai-flink-taskmanager"):
+        p = m.pod(pod)
+        entries = m.effective_env(p, p.container("flink-main-container"))["HADOOP_CLASSPATH"].split(":")
+        assert BEAM_JAR in entries, pod
+        assert all(_flink_image_has(e) for e in entries), entries
+    # not in lib/: Flink's scripts put flink-dist last of lib/'s jars, so the shaded jar's own copies of Flink's
+    # classes (it carries ~20k of them) would win over Flink's
+    assert not [f for f in _flink_files() if f.startswith("/opt/flink/lib/")]
 
 
 def _secret_refs(p) -> list:

@@ -1,5 +1,6 @@
-"""Every production pod's requests fit a node, and the whole fits three s-4vcpu-8gb nodes with headroom, with
-Flink's memory model applied to the Flink containers; the README's sizing tables are the ones computed here.
+"""Every production pod's requests fit a node, and the whole fits four s-4vcpu-8gb nodes with headroom, with
+Flink's memory model applied to the Flink containers (its JVM overhead holding the Java SDK harness processes each
+TaskManager starts); the README's sizing tables are the ones computed here.
 
     .venv/bin/pytest tests/unit/test_deploy_sizing.py
     python flink-deploy/sizing.py            # the tables
@@ -55,6 +56,43 @@ def test_the_flink_pods_get_what_the_flinkdeployment_asks():
     assert m.pod("iheardai-flink-taskmanager").replicas == 3  # 8 slots / 3 per TaskManager
 
 
+def test_the_taskmanager_memory_holds_its_java_harnesses():
+    """Kafka IO's Java half runs in one Java SDK harness process per job with a task on a TaskManager, inside
+    flink-main-container but outside Flink's JVM: the container's memory (Flink's process size) must hold, as JVM
+    overhead, the JVM's own native memory plus the most harnesses it can run at once (one per slot) at the heap the
+    TaskManager gives them."""
+    h = s.harnesses()
+    fd, = m.by_kind("FlinkDeployment")
+    conf = m.flink_conf(fd)
+    assert h.per_taskmanager == int(conf["taskmanager.numberOfTaskSlots"]) == 3  # 5 jobs, 3 slots
+    p = m.pod("iheardai-flink-taskmanager")
+    assert h.heap == s.java_size(m.effective_env(p, p.container("flink-main-container"))["BEAM_JAVA_HARNESS_HEAP"])
+    assert h.overhead >= h.needed
+    assert conf["taskmanager.memory.jvm-overhead.min"] == conf["taskmanager.memory.jvm-overhead.max"], \
+        "a fraction would let Flink shrink the overhead with the process size"
+    assert s.java_size("128m") == 128 * MiB and s.java_size("1g") == 1024 * MiB
+    with pytest.raises(ValueError):
+        s.java_size("128Mi")
+
+
+def test_the_sizing_check_fails_when_the_harnesses_outgrow_the_overhead(monkeypatch):
+    """The local stack's 512m harness heap in production's TaskManager: three harnesses no longer fit its overhead."""
+    real = m.pods
+
+    def bigger_heap():
+        pods = copy.deepcopy(real())
+        for p in pods:
+            if p.name == "iheardai-flink-taskmanager":
+                c = p.container("flink-main-container")
+                c["env"] = [e for e in c["env"] if e["name"] != "BEAM_JAVA_HARNESS_HEAP"] + [
+                    {"name": "BEAM_JAVA_HARNESS_HEAP", "value": "512m"}]
+        return pods
+
+    monkeypatch.setattr(m, "pods", bigger_heap)
+    assert s.harnesses().heap == 512 * MiB
+    assert any("JVM overhead" in p and "Java SDK harnesses" in p for p in s.report().problems)
+
+
 def test_every_pod_fits_and_the_steady_state_has_headroom():
     r = s.report()
     assert not r.problems, "\n".join(r.problems)
@@ -92,7 +130,7 @@ def test_the_sizing_check_fails_on_overcommitted_memory(monkeypatch):
         pods = copy.deepcopy(real())
         for p in pods:
             if p.name == "beam-expansion":
-                p.spec["containers"][0]["resources"]["requests"]["memory"] = "512Mi"
+                p.spec["containers"][0]["resources"]["requests"]["memory"] = "256Mi"  # limit 512Mi
         return pods
 
     monkeypatch.setattr(m, "pods", overcommitted)
