@@ -136,6 +136,9 @@ class Collector:
         self.snapshot = Snapshot()
         self._row_counters: Dict[str, int] = {}
         self._committed_history: Dict[str, collections.deque] = {}
+        # (topic, partition, offset) -> the record's timestamp: a record never changes, so each position is read
+        # once; kept for the positions some group is still at
+        self._record_ts: Dict[Tuple[str, int, int], int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._admin = self._consumer = None
@@ -345,25 +348,34 @@ class Collector:
                 except Exception:  # noqa: BLE001 - unknown: ask for the offset as it is
                     low[(topic, partition)] = 0
         read_at = {pos: max(pos[2], low[(pos[0], pos[1])]) for pos in positions}
+        # Positions read in an earlier pass are not read again: with the groups a busy cluster keeps (idle ones
+        # included), reading them all in every pass ran out of the deadline before the newest positions.
+        found = {(t, p, at): self._record_ts[(t, p, at)] for (t, p, _), at in read_at.items()
+                 if (t, p, at) in self._record_ts}
         per_partition: Dict[Tuple[str, int], List[int]] = {}
         for (topic, partition, _), offset in read_at.items():
-            per_partition.setdefault((topic, partition), []).append(offset)
-        rounds = max((len(v) for v in per_partition.values()), default=0)
-        found: Dict[Tuple[str, int, int], int] = {}
+            if (topic, partition, offset) not in found:
+                per_partition.setdefault((topic, partition), []).append(offset)
+        rounds = max((len(set(v)) for v in per_partition.values()), default=0)
         deadline = time.monotonic() + 2 * self.timeout_s
         for k in range(rounds):
+            if time.monotonic() >= deadline:
+                break  # the rest is read in the next pass
             wanted = {(t, p): sorted(set(offs))[k] for (t, p), offs in per_partition.items() if k < len(set(offs))}
             consumer.assign([TopicPartition(t, p, off) for (t, p), off in wanted.items()])
             try:
                 got = set()
                 while len(got) < len(wanted) and time.monotonic() < deadline:
-                    for msg in consumer.consume(num_messages=500, timeout=0.2):
+                    # asks for as many records as partitions are still unread: consume() returns once it has
+                    # that many (500 waited out the 0.2 s timeout in every round: 30 rounds per pass at most)
+                    for msg in consumer.consume(num_messages=len(wanted) - len(got), timeout=0.2):
                         key = (msg.topic(), msg.partition())
                         if msg.error() is None and key in wanted and key not in got:
                             got.add(key)
                             found[(key[0], key[1], wanted[key])] = msg.timestamp()[1]
             finally:
                 consumer.unassign()
+        self._record_ts = found
         now = time.time()
         return {pos: max(0.0, now - ts / 1000) for pos, at in read_at.items()
                 for ts in (found.get((pos[0], pos[1], at)),) if ts and ts > 0}

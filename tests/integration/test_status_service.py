@@ -83,3 +83,35 @@ def test_status_and_metrics_answer_from_the_live_stack(status_service):
     assert "<h2>Jobs</h2>" in page and "Consumer lag" in page
     metrics = _get("/metrics")[1].decode()
     assert 'iheardai_job_up{' in metrics and "iheardai_topic_messages_total{" in metrics
+
+
+def test_every_group_behind_gets_the_age_of_its_oldest_record(status_service, run_id):
+    """150 groups at 150 different offsets of one partition (a cluster keeps every group the suites and the
+    pipelines ever used): each one's lag in seconds is read within a few passes, and stays. It once read 30
+    positions per pass and started over in each, so the newest groups never had an age."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from io_connectors.settings import KafkaSettings, librdkafka_for
+
+    bootstrap, topic, n = KafkaSettings.from_env().bootstrap_servers, "agent.tool.invoked.dlq", 150
+    producer = Producer(librdkafka_for(bootstrap, "workload"))
+    for _ in range(n + 1):
+        producer.produce(topic, b"{}", key=run_id.encode(), partition=0)
+    assert producer.flush(30) == 0
+    c = Consumer({**librdkafka_for(bootstrap, "workload"), "group.id": f"e2e-{run_id}", "enable.auto.commit": False})
+    end = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    c.close()
+    groups = [f"e2e-{run_id}-{i}" for i in range(n)]
+    for i, group in enumerate(groups):  # group i is n - i records behind
+        g = Consumer({**librdkafka_for(bootstrap, "workload"), "group.id": group, "enable.auto.commit": False})
+        g.commit(offsets=[TopicPartition(topic, 0, end - n + i)], asynchronous=False)
+        g.close()
+
+    def aged():
+        lag = {x["group"]: x for x in json.loads(_get("/status")[1])["lag"]
+               if x["group"].startswith(f"e2e-{run_id}-") and x["topic"] == topic}
+        return len(lag) == n and all(x["messages"] >= n - i and x["seconds"] > 0
+                                     for i, x in enumerate(lag[g] for g in groups)) and lag
+
+    lag = _wait(aged, 30, f"{n} groups behind, each with an age")
+    assert all(lag[g]["seconds"] < 600 for g in groups), "ages of records produced a moment ago"
