@@ -187,6 +187,79 @@ def _strip(row):
     return row
 
 
+# The checks below find the corpus here, not in a closure: Beam pickles (and bz2-compresses) a step's function
+# several times per run, and closures over 12,025 records, some of them 10 MB, made that 300 of the test's 385 s.
+# The DirectRunner runs the checks in this process.
+_CHECK_DATA: dict = {}
+
+
+def _check_outputs(got):
+    corpus, expected_rows = _CHECK_DATA["corpus"], _CHECK_DATA["expected_rows"]
+    wrong = []
+    by_kind = Counter((kind, off) for kind, _t, off, _ in got)
+    for i, r in enumerate(corpus):
+        reaches_sink = r.expect == VALID or r.error_class == SINK
+        kind = "row" if r.topic in TABLES else "event"
+        n = by_kind[(kind, i)]
+        if n != (1 if reaches_sink else 0):
+            wrong.append((r.topic, r.case, kind, n))
+        if r.topic == topics.TURNS and by_kind[("redis", i)] != (1 if reaches_sink else 0):
+            wrong.append((r.topic, r.case, "redis", by_kind[("redis", i)]))
+    for kind, topic, off, value in got:
+        r = corpus[off]
+        if kind == "row":
+            table, _f, columns, _k, json_cols = TABLES[topic]
+            problems = copy_problems(table, columns, json_cols, value)
+            if bool(problems) != (r.error_class == SINK):
+                wrong.append((topic, r.case, "copy", problems[:2]))
+            if _strip(value) != _strip(expected_rows[off]):
+                diff = {k: (v, _strip(expected_rows[off]).get(k)) for k, v in _strip(value).items()
+                        if v != _strip(expected_rows[off]).get(k)}
+                wrong.append((topic, r.case, "row", str(diff)[:300]))
+        elif kind == "redis":
+            try:
+                _keys, argv = script_args(value, 3600)
+                b"".join(str(a).encode("utf-8") for a in argv)
+            except Exception as e:  # noqa: BLE001 - reported
+                wrong.append((topic, r.case, "redis", repr(e)))
+            if value["message"] != expected_rows[off]["response_text"]:
+                wrong.append((topic, r.case, "redis message", value["message"][:80]))
+    if wrong:
+        raise BeamAssertException(f"{len(wrong)} wrong outputs, e.g. {wrong[:8]}")
+
+def _check_dead_letters(got):
+    corpus = _CHECK_DATA["corpus"]
+    wrong = []
+    by_offset = Counter(d.source_offset for d in got)
+    for i, r in enumerate(corpus):
+        want = 1 if r.expect == DEAD and r.error_class != SINK else 0
+        if by_offset[i] != want:
+            wrong.append((r.topic, r.case, "dead letters", by_offset[i]))
+    for d in got:
+        r = corpus[d.source_offset]
+        if (d.source_topic, d.error_class) != (r.topic, r.error_class) or not d.error_message or not d.step:
+            wrong.append((r.topic, r.case, d.source_topic, d.error_class, d.error_message[:80]))
+    if wrong:
+        raise BeamAssertException(f"{len(wrong)} wrong dead letters, e.g. {wrong[:8]}")
+
+def _check_envelopes(got):
+    corpus = _CHECK_DATA["corpus"]
+    wrong = []
+    for key, value in got:
+        dl = DeadLetter.from_json(value)
+        r = corpus[dl.source_offset]
+        if len(value) + len(key) + RECORD_OVERHEAD_BYTES > DLQ_MAX_REQUEST_BYTES:
+            wrong.append((r.case, len(value)))
+        if dl.payload_sha256 != hashlib.sha256(r.value or b"").hexdigest() or dl.payload_bytes != len(r.value or b""):
+            wrong.append((r.case, "digest"))
+        if not dl.payload_truncated and dl.raw_payload() != (r.value or b""):
+            wrong.append((r.case, "payload"))
+        if r.case.startswith("size:near_limit") and not dl.payload_truncated:
+            wrong.append((r.case, "not stored by reference"))
+    if wrong:
+        raise BeamAssertException(f"{len(wrong)} wrong envelopes, e.g. {wrong[:8]}")
+
+
 def test_the_corpus_through_the_pipelines_composites(corpus, keys, monkeypatch, tmp_path):
     """ValidateByTopic -> RedactPii -> ScoreAgentTurns / EnrichFrontendEvents / ScoreLeads -> the row builders
     and the Redis input; dead letters -> RouteDeadLetters (the DLQ writer's envelopes)."""
@@ -226,73 +299,14 @@ def test_the_corpus_through_the_pipelines_composites(corpus, keys, monkeypatch, 
     routed = merged_dead | "Route" >> RouteDeadLetters([t.name for t in topics.TOPICS])
     envelopes = tuple(routed[t.name] for t in topics.TOPICS) | "MergeEnvelopes" >> beam.Flatten()
 
-    def check_outputs(got):
-        wrong = []
-        by_kind = Counter((kind, off) for kind, _t, off, _ in got)
-        for i, r in enumerate(corpus):
-            reaches_sink = r.expect == VALID or r.error_class == SINK
-            kind = "row" if r.topic in TABLES else "event"
-            n = by_kind[(kind, i)]
-            if n != (1 if reaches_sink else 0):
-                wrong.append((r.topic, r.case, kind, n))
-            if r.topic == topics.TURNS and by_kind[("redis", i)] != (1 if reaches_sink else 0):
-                wrong.append((r.topic, r.case, "redis", by_kind[("redis", i)]))
-        for kind, topic, off, value in got:
-            r = corpus[off]
-            if kind == "row":
-                table, _f, columns, _k, json_cols = TABLES[topic]
-                problems = copy_problems(table, columns, json_cols, value)
-                if bool(problems) != (r.error_class == SINK):
-                    wrong.append((topic, r.case, "copy", problems[:2]))
-                if _strip(value) != _strip(expected_rows[off]):
-                    diff = {k: (v, _strip(expected_rows[off]).get(k)) for k, v in _strip(value).items()
-                            if v != _strip(expected_rows[off]).get(k)}
-                    wrong.append((topic, r.case, "row", str(diff)[:300]))
-            elif kind == "redis":
-                try:
-                    _keys, argv = script_args(value, 3600)
-                    b"".join(str(a).encode("utf-8") for a in argv)
-                except Exception as e:  # noqa: BLE001 - reported
-                    wrong.append((topic, r.case, "redis", repr(e)))
-                if value["message"] != expected_rows[off]["response_text"]:
-                    wrong.append((topic, r.case, "redis message", value["message"][:80]))
-        if wrong:
-            raise BeamAssertException(f"{len(wrong)} wrong outputs, e.g. {wrong[:8]}")
-
-    def check_dead_letters(got):
-        wrong = []
-        by_offset = Counter(d.source_offset for d in got)
-        for i, r in enumerate(corpus):
-            want = 1 if r.expect == DEAD and r.error_class != SINK else 0
-            if by_offset[i] != want:
-                wrong.append((r.topic, r.case, "dead letters", by_offset[i]))
-        for d in got:
-            r = corpus[d.source_offset]
-            if (d.source_topic, d.error_class) != (r.topic, r.error_class) or not d.error_message or not d.step:
-                wrong.append((r.topic, r.case, d.source_topic, d.error_class, d.error_message[:80]))
-        if wrong:
-            raise BeamAssertException(f"{len(wrong)} wrong dead letters, e.g. {wrong[:8]}")
-
-    def check_envelopes(got):
-        wrong = []
-        for key, value in got:
-            dl = DeadLetter.from_json(value)
-            r = corpus[dl.source_offset]
-            if len(value) + len(key) + RECORD_OVERHEAD_BYTES > DLQ_MAX_REQUEST_BYTES:
-                wrong.append((r.case, len(value)))
-            if dl.payload_sha256 != hashlib.sha256(r.value or b"").hexdigest() or dl.payload_bytes != len(r.value or b""):
-                wrong.append((r.case, "digest"))
-            if not dl.payload_truncated and dl.raw_payload() != (r.value or b""):
-                wrong.append((r.case, "payload"))
-            if r.case.startswith("size:near_limit") and not dl.payload_truncated:
-                wrong.append((r.case, "not stored by reference"))
-        if wrong:
-            raise BeamAssertException(f"{len(wrong)} wrong envelopes, e.g. {wrong[:8]}")
-
-    assert_that(tuple(outputs) | "MergeOutputs" >> beam.Flatten(), check_outputs, label="outputs")
-    assert_that(merged_dead, check_dead_letters, label="dead_letters")
-    assert_that(envelopes, check_envelopes, label="envelopes")
-    p.run().wait_until_finish()
+    _CHECK_DATA.update(corpus=corpus, expected_rows=expected_rows)
+    assert_that(tuple(outputs) | "MergeOutputs" >> beam.Flatten(), _check_outputs, label="outputs")
+    assert_that(merged_dead, _check_dead_letters, label="dead_letters")
+    assert_that(envelopes, _check_envelopes, label="envelopes")
+    try:
+        p.run().wait_until_finish()
+    finally:
+        _CHECK_DATA.clear()
 
 
 def _offset(event):
