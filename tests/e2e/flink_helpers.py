@@ -220,6 +220,26 @@ class readme_pipeline:
             exc = flink_get(f"/jobs/{j['jid']}/exceptions")
             assert not exc.get("exceptionHistory", {}).get("entries"), f"{self.job_name} restarted: {exc}"
 
+    def diagnosis(self) -> str:
+        """What a failed wait needs to say about the job: its state, restarts, and each vertex's lowest input
+        watermark against the wall clock (a session that never goes final is a watermark that stopped)."""
+        try:
+            now_ms, parts = int(time.time() * 1000), []
+            for j in jobs_by_name(self.job_name):
+                detail = flink_get(f"/jobs/{j['jid']}")
+                restarts = len(flink_get(f"/jobs/{j['jid']}/exceptions").get("exceptionHistory", {})
+                               .get("entries", []))
+                parts.append(f"job {j['jid'][:8]} {j['state']}, {restarts} restarts")
+                for v in detail.get("vertices", []):
+                    marks = [int(m["value"]) for m in flink_get(f"/jobs/{j['jid']}/vertices/{v['id']}/watermarks")
+                             if m["id"].endswith("currentInputWatermark")]
+                    low = min(marks) if marks else None
+                    behind = "no watermark" if low is None or low < 0 else f"{(now_ms - low) / 1000:.0f} s behind"
+                    parts.append(f"  {v['name'][:70]}: input watermark {behind}")
+            return "\n".join(parts) or f"no job named {self.job_name}"
+        except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the failure it explains
+            return f"(no diagnosis: {e!r})"
+
     def __exit__(self, *exc):
         cancel_by_name(self.job_name)
         return False

@@ -109,7 +109,12 @@ def test_kpi_readme_command_lands_turns_whole_sessions_and_dead_letters_per_topi
             poll(kpis, 180, "session_kpis to hold every session's whole totals, final")
         except AssertionError:
             wrong = {sid: (got.get(sid), w) for sid, w in want_kpis.items() if got.get(sid, ())[:4] != w[:4]}
-            raise AssertionError(f"{len(wrong)} sessions differ (got, want), e.g. {list(wrong.items())[:3]}")
+            times = [sid for sid, w in want_kpis.items() if sid in got and got[sid][5:7] != w[5:]]
+            open_ = [sid for sid in want_kpis if sid in got and not got[sid][7]]
+            raise AssertionError(
+                f"{len(want_kpis) - len(set(got) & set(want_kpis))} sessions missing, {len(wrong)} differ in counts "
+                f"(got, want), e.g. {list(wrong.items())[:3]}; {len(times)} differ in started/ended, e.g. "
+                f"{[(got[s][5:7], want_kpis[s][5:]) for s in times[:2]]}; {len(open_)} not final\n{job.diagnosis()}")
         for sid, w in want_kpis.items():
             assert got[sid][4] == pytest.approx(w[4], abs=2e-3), sid  # both sides round to 3 decimals
 
@@ -149,5 +154,6 @@ def test_kpi_readme_command_lands_turns_whole_sessions_and_dead_letters_per_topi
             poll(resumed, 120, "session_kpis to add the sessions' third burst as a second generation")
         except AssertionError:
             wrong = {sid: (got.get(sid), w[:4]) for sid, w in want_kpis.items() if got.get(sid, ())[:4] != w[:4]}
-            raise AssertionError(f"{len(wrong)} sessions differ (got, want), e.g. {list(wrong.items())[:3]}")
+            raise AssertionError(f"{len(wrong)} sessions differ (got, want), e.g. {list(wrong.items())[:3]}\n"
+                                 f"{job.diagnosis()}")
         job.assert_running()
