@@ -230,7 +230,14 @@ def pipeline_overview() -> dashboard.Dashboard:
              _prom(f"sum by (group) (iheardai_consumer_lag_messages{{{PIPELINE_GROUP}}})",
                    "{{group}}"), w=8))
          .with_panel(_stat("Flink jobs running", "RUNNING jobs on the Flink cluster (all pipelines and others).",
-                           _prom("flink_jobmanager_numRunningJobs", "jobs"), w=8, h=8)))
+                           _prom("flink_jobmanager_numRunningJobs", "jobs"), w=8, h=8))
+         .with_panel(_timeseries(
+             "Event time behind the clock, per job", "Wall clock minus the job's lowest input watermark "
+             "(iheardai:job_watermark_ms:min). Sessions and billing hours go final only as it advances. A job "
+             "with no watermark at all (a partition with no record since the job started) shows at the 1-day "
+             "cap; PipelineEventTimeStalled fires when it has not moved for 30 min over 2 h behind.",
+             _prom('clamp_max(time() - iheardai:job_watermark_ms:min{pipeline=~"$pipeline"} / 1000, 86400)',
+                   "{{job_name}}"), unit="s", w=8, thresholds=_thresholds((None, "green"), (7200, "red")))))
     d = (d.with_row(dashboard.Row("Outputs"))
          .with_panel(_timeseries(
              "Dead letters in the last hour", "Records on each dead-letter topic in the last hour.",
