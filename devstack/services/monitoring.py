@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from devstack.config import DATA, PORTS, REPO, RUN, ensure_env_file, secured
-from devstack.process import apt_install, port_open, spawn
+from devstack.process import apt_install, port_open, spawn, spawn_supervised, supervisor_name
 from devstack.services import Service
 
 RULES = REPO / "observability" / "rules"
@@ -155,12 +155,17 @@ def redis_exporter_start() -> subprocess.Popen:
 def status_start() -> subprocess.Popen:
     # its own identities: Kafka `status` (reads every topic, describes every group), Postgres `analytics`
     # (read-only), Redis `monitor` (no keys); a pod sets KAFKA_USER etc. instead
-    return spawn("status", [sys.executable, "-m", "observability.status", "--port", str(PORTS["status"])], cwd=REPO,
-                 env={"KAFKA_PRINCIPAL": "status", "POSTGRES_PRINCIPAL": "analytics", "REDIS_PRINCIPAL": "monitor"})
+    # supervised, as its Deployment's container is restarted: librdkafka aborted the process once
+    # (rd_kafka_enq_once_del_source_return assertion, confluent-kafka 2.16.1) while the fault matrix had the
+    # broker stopped, and every later check of the status page failed on a dead port
+    return spawn_supervised("status", [sys.executable, "-m", "observability.status", "--port", str(PORTS["status"])],
+                            cwd=REPO, env={"KAFKA_PRINCIPAL": "status", "POSTGRES_PRINCIPAL": "analytics",
+                                           "REDIS_PRINCIPAL": "monitor"})
 
 
 STATUS = Service("status", PORTS["status"], lambda: None, status_start, lambda: _ready(PORTS["status"], "/metrics"),
-                 60, None, f"http://localhost:{PORTS['status']}/status (pipelines status page)")
+                 60, None, f"http://localhost:{PORTS['status']}/status (pipelines status page)",
+                 [supervisor_name("status")])
 PROMETHEUS = Service("prometheus", PORTS["prometheus"], _install("prometheus", "prometheus"), prometheus_start,
                      lambda: _ready(PORTS["prometheus"], "/-/ready"), 60, prometheus_reload,
                      f"http://localhost:{PORTS['prometheus']} (Prometheus)")

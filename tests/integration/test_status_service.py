@@ -122,3 +122,24 @@ def test_every_group_behind_gets_the_age_of_its_oldest_record(status_service, ru
         admin = AdminClient(librdkafka_for(bootstrap, "admin"))
         for f in admin.delete_consumer_groups(groups, request_timeout=30).values():
             f.result()
+
+
+@pytest.mark.parametrize("name, path", [("status", "/metrics"), ("collector", "/health")])
+def test_the_stacks_service_comes_back_after_its_process_dies(stack, name, path):
+    """The stack's status service and collector run supervised, as their Deployments' containers are restarted:
+    librdkafka once aborted the status service (an assertion, while the broker was stopped) and every later
+    check of the status page met a dead port."""
+    import os
+    import signal
+
+    from devstack.config import PORTS
+    from devstack.process import read_pid
+
+    def answers():
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORTS[name]}{path}", timeout=5) as r:
+            return r.status == 200
+
+    old = read_pid(name)
+    assert old is not None and answers(), f"{name} is not up before the test"
+    os.kill(old, signal.SIGABRT)  # what an assertion in a C library does to the process
+    _wait(lambda: read_pid(name) not in (None, old) and answers(), 60, f"{name} started again after SIGABRT")
