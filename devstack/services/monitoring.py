@@ -157,7 +157,9 @@ def status_start() -> subprocess.Popen:
     # (read-only), Redis `monitor` (no keys); a pod sets KAFKA_USER etc. instead
     # supervised, as its Deployment's container is restarted: librdkafka aborted the process once
     # (rd_kafka_enq_once_del_source_return assertion, confluent-kafka 2.16.1) while the fault matrix had the
-    # broker stopped, and every later check of the status page failed on a dead port
+    # broker stopped, and every later check of the status page failed on a dead port. The cause is upstream:
+    # a coordinator-targeted admin request (ListConsumerGroupOffsets, which the collector sends per group)
+    # whose connection drops frees its eonce twice (librdkafka issue #4605, fix in PR #5397, not released)
     return spawn_supervised("status", [sys.executable, "-m", "observability.status", "--port", str(PORTS["status"])],
                             cwd=REPO, env={"KAFKA_PRINCIPAL": "status", "POSTGRES_PRINCIPAL": "analytics",
                                            "REDIS_PRINCIPAL": "monitor"})
