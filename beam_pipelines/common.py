@@ -20,7 +20,8 @@ def read_records(p: beam.Pipeline, opts, topics: Sequence[str], label: str = "Re
     """Read from the group's committed offsets (positioned by `run_pipeline` for --start_from/--start_read_time_ms)."""
     src = opts.view_as(KafkaSourceOptions)
     return p | label >> ReadKafkaRecords(list(topics), consumer_config(opts), src.expansion_service,
-                                         max_num_records=src.max_num_records)
+                                         max_num_records=src.max_num_records,
+                                         idle_partition_timeout_s=src.idle_partition_timeout_seconds)
 
 
 

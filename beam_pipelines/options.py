@@ -68,6 +68,9 @@ class KafkaSourceOptions(PipelineOptions):
         parser.add_argument("--start_read_time_ms", type=int, default=None,
                             help="Reposition the group to the first offset at/after this epoch-ms timestamp in "
                                  "every partition (backfills and replays); overrides --start_from.")
+        parser.add_argument("--idle_partition_timeout_seconds", type=float, default=60.0,
+                            help="A partition with no record since the job started goes idle (event time follows "
+                                 "the clock) once caught up this long; -1: Beam's own read (README: quiet partitions).")
         parser.add_argument("--expansion_service", default=None,
                             help="host:port of the Beam Kafka expansion service "
                                  "(default: $BEAM_EXPANSION_SERVICE, the local stack's localhost:8097).")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
 
 import apache_beam as beam
-from apache_beam.io.kafka import ReadFromKafka, WriteToKafka
+from apache_beam.io.kafka import ReadFromKafka, ReadFromKafkaSchema, WriteToKafka
+from apache_beam.transforms.external import ExternalTransform, NamedTupleBasedPayloadBuilder
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import PDone
@@ -34,31 +37,72 @@ def _to_record(row) -> KafkaRecord:
                        value=row.value, timestamp_ms=int(row.timestamp))
 
 
+# Our Kafka read (devstack/maven/beam-services/src: ai.iheard.beam.kafka.IdleAwareKafkaRead): ReadFromKafka's
+# payload plus idle_partition_timeout_ms, expanded by the expansion service we assemble. Beam's CreateTime
+# policy holds a partition that has delivered no record since the job started at the minimum watermark, and
+# the job's watermark with it (one quiet partition of any topic: no session or hour ever closes); ours lets it
+# go idle once caught up for the timeout.
+IDLE_AWARE_READ_URN = "beam:transform:ai.iheard:kafka_read_with_metadata_idle_partitions:v1"
+IdleAwareReadSchema = NamedTuple("IdleAwareReadFromKafkaSchema", [
+    *ReadFromKafkaSchema.__annotations__.items(), ("idle_partition_timeout_ms", Optional[int])])
+
+
+def idle_aware_payload(consumer_config: Dict[str, str], topics: Sequence[str], idle_partition_timeout_ms: int,
+                       commit_offset_in_finalize: bool, start_read_time: Optional[int],
+                       max_num_records: Optional[int]) -> "IdleAwareReadSchema":
+    """ReadFromKafka(with_metadata=True, CreateTime)'s payload, with ReadFromKafka's defaults, plus the timeout."""
+    if idle_partition_timeout_ms < 0:
+        raise ValueError("idle_partition_timeout_ms must be >= 0")
+    return IdleAwareReadSchema(
+        consumer_config=consumer_config, topics=list(topics),
+        key_deserializer=ReadFromKafka.byte_array_deserializer,
+        value_deserializer=ReadFromKafka.byte_array_deserializer,
+        start_read_time=start_read_time, max_num_records=max_num_records, max_read_time=None,
+        commit_offset_in_finalize=commit_offset_in_finalize, timestamp_policy=ReadFromKafka.create_time_policy,
+        consumer_polling_timeout=2, redistribute=False, redistribute_num_keys=np.int32(0), allow_duplicates=False,
+        idle_partition_timeout_ms=int(idle_partition_timeout_ms))
+
+
+def idle_aware_read(payload: "IdleAwareReadSchema", expansion_service: Optional[str]) -> ExternalTransform:
+    return ExternalTransform(IDLE_AWARE_READ_URN, NamedTupleBasedPayloadBuilder(payload), expansion_service)
+
+
 class ReadKafkaRecords(beam.PTransform):
     """Read topics as KafkaRecord (payload + topic/partition/offset), timestamped with the record's CreateTime.
 
     `start_read_time_ms` starts from a timestamp (backfills); otherwise the group's committed offsets are
-    used, falling back to `auto.offset.reset` (`earliest` or `latest`).
+    used, falling back to `auto.offset.reset` (`earliest` or `latest`). `idle_partition_timeout_s`: a
+    partition with no record since the job started goes idle (event time follows the clock) once caught up
+    for this long; None reads with Beam's own ReadFromKafka (held at the minimum until its first record).
     """
 
     def __init__(self, topics: Sequence[str], consumer_config: Dict[str, str], expansion_service: Optional[str],
                  start_read_time_ms: Optional[int] = None, commit_offsets: bool = True,
-                 max_num_records: Optional[int] = None, label: Optional[str] = None):
+                 max_num_records: Optional[int] = None, label: Optional[str] = None,
+                 idle_partition_timeout_s: Optional[float] = 60.0):
         super().__init__(label)
         if commit_offsets and not consumer_config.get("group.id"):
             raise ValueError("committing offsets needs a consumer group: set group.id")
+        if idle_partition_timeout_s is not None and idle_partition_timeout_s < 0:
+            idle_partition_timeout_s = None  # --idle_partition_timeout_seconds=-1: Beam's own read
         self._topics = list(topics)
         self._config = dict(consumer_config)
         self._expansion_service = expansion_service
         self._start = start_read_time_ms
         self._commit = commit_offsets
         self._max = max_num_records
+        self._idle_s = idle_partition_timeout_s
 
     def expand(self, pbegin):
-        read = ReadFromKafka(
-            consumer_config=self._config, topics=self._topics, with_metadata=True,
-            timestamp_policy=ReadFromKafka.create_time_policy, commit_offset_in_finalize=self._commit,
-            start_read_time=self._start, max_num_records=self._max, expansion_service=self._expansion_service)
+        if self._idle_s is None:
+            read = ReadFromKafka(
+                consumer_config=self._config, topics=self._topics, with_metadata=True,
+                timestamp_policy=ReadFromKafka.create_time_policy, commit_offset_in_finalize=self._commit,
+                start_read_time=self._start, max_num_records=self._max, expansion_service=self._expansion_service)
+        else:
+            read = idle_aware_read(idle_aware_payload(self._config, self._topics, round(self._idle_s * 1000),
+                                                      self._commit, self._start, self._max),
+                                   self._expansion_service)
         return pbegin | "ReadFromKafka" >> read | "ToKafkaRecord" >> beam.Map(_to_record)
 
 

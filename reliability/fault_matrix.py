@@ -4,9 +4,10 @@ a workload produced to Kafka, one fault injected while the data flows, then exac
     .venv/bin/python -m reliability.fault_matrix [--pipelines kpi] [--faults tm_kill,kafka] \\
         [--points early,middle,late] [--events 100000] [--out reliability/results/fault_matrix-<date>.json]
 
-A cell is (pipeline, fault, point). One job per pipeline serves all its cells (a cell's records carry their own
-run id in every key and their event times follow the previous cell's, so cells do not see each other; a job
-that failed is submitted again, on the same consumer group `e2e-<pipeline>-fault-<matrix id>`). Per cell:
+A cell is (pipeline, fault, point). Every cell gets a job of its own on a consumer group of its own,
+`e2e-<pipeline>-fault-<matrix id>c<cell>` (JOB_PER_CELL: a cell's records carry their own run id in every key
+and their event times follow the previous cell's, so cells do not see each other; a job that failed is submitted
+again on the same group). Per cell:
 
 1. the group's offsets are at the topics' end; the workload (duplicates, out-of-order and malformed records
    mixed in) is produced;
@@ -464,12 +465,13 @@ def _same_value(got, want) -> bool:
 
 
 PIPELINES = {"kpi": KpiCell, "billing": BillingCell, "frontend": FrontendCell}
-# Pipelines whose windows close on the watermark get a job (and consumer group) per cell: a cell's records are
-# hours older than the time at which the previous cell's partitions went idle, and Kafka's CreateTime watermark
-# of a caught-up partition moves to the present, so a shared job would see every later cell's records as too
-# late. The KPI pipeline reads text.agent.session.updated, which no cell writes: its watermark stays back, one
-# job serves every cell.
-JOB_PER_CELL = {"billing", "frontend"}
+# Every pipeline gets a job (and consumer group) per cell: a cell's records are hours older than the time at
+# which the previous cell's partitions went idle, and a caught-up partition's CreateTime watermark moves to the
+# present (after a record, and since io_connectors/kafka.py's idle-aware read also after
+# --idle_partition_timeout_seconds without one), so a shared job would see every later cell's records as too
+# late. (The KPI pipeline shared one job until 2026-12-04: text.agent.session.updated, which no cell writes,
+# held its watermark at the minimum for the whole matrix, so no session ever went final.)
+JOB_PER_CELL = {"kpi", "billing", "frontend"}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,9 +17,15 @@ from devstack.services import Service
 
 
 def _pom_digest() -> str:
+    """The pom and our Java sources (src/: the idle-aware Kafka read), so a changed source builds a new jar."""
     import hashlib
 
-    return hashlib.sha256((REPO / "devstack/maven/beam-services/pom.xml").read_bytes()).hexdigest()[:10]
+    root = REPO / "devstack/maven/beam-services"
+    h = hashlib.sha256((root / "pom.xml").read_bytes())
+    for f in sorted((root / "src").rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:10]
 
 
 @functools.cache

@@ -157,3 +157,41 @@ def test_kpi_readme_command_lands_turns_whole_sessions_and_dead_letters_per_topi
             raise AssertionError(f"{len(wrong)} sessions differ (got, want), e.g. {list(wrong.items())[:3]}\n"
                                  f"{job.diagnosis()}")
         job.assert_running()
+
+
+def test_kpi_sessions_go_final_although_two_of_its_three_topics_stay_quiet(stack, pg_conn, kafka_settings, run_id):
+    """Turns only: no record on agent.tool.invoked or text.agent.session.updated since the job started. With
+    Beam's own CreateTime policy those partitions hold the job's watermark at the minimum and no session ever
+    goes final (measured: 30 sessions, 0 final after 10 minutes); our read lets them go idle after
+    --idle_partition_timeout_seconds, and every session closes once inactive for gap + lateness."""
+    bootstrap = kafka_settings.bootstrap_servers
+    now_ms = int(time.time() * 1000)
+    turns = TurnWorkload(seed=77, run_id=run_id, start_ms=now_ms - 200_000, sessions=30, duplicate_rate=0.0,
+                         malformed_rate=0.0).generate(200)
+    group = f"e2e-kpi-{run_id}"
+    commit_group_at_end(group, (topics.TURNS, topics.TOOLS, topics.SESSIONS), bootstrap)
+    produce_with_offsets(turns.records, topics.TURNS, bootstrap)
+    want = {}
+    for sid, _ in turns.expected:
+        want[sid] = want.get(sid, 0) + 1
+    got = {}
+
+    with readme_pipeline("kpi", run_id, None, "--session_gap_seconds=15", "--allowed_lateness_seconds=15",
+                         "--early_firing_seconds=2", "--idle_partition_timeout_seconds=10") as job:
+        def final():
+            with pg_conn.cursor() as cur:
+                cur.execute("SELECT session_id, turns, is_final FROM session_kpis WHERE session_id LIKE %s",
+                            (f"{run_id}-%",))
+                got.clear()
+                got.update({row[0]: row[1:] for row in cur.fetchall()})
+            return all(got.get(sid) == (n, True) for sid, n in want.items())
+
+        try:
+            poll(final, 150, f"{len(want)} sessions final in session_kpis")
+        except AssertionError:
+            open_ = [sid for sid in want if sid in got and not got[sid][1]]
+            raise AssertionError(f"{len(want) - len(set(got) & set(want))} sessions missing, {len(open_)} not final "
+                                 f"of {len(want)}; wrong turn counts: "
+                                 f"{[(s, got[s][0], n) for s, n in want.items() if s in got and got[s][0] != n][:3]}"
+                                 f"\n{job.diagnosis()}")
+        job.assert_running()
