@@ -10,7 +10,7 @@ and their event times follow the previous cell's, so cells do not see each other
 again on the same group). Per cell:
 
 1. the group's offsets are at the topics' end; the workload (duplicates, out-of-order and malformed records
-   mixed in) is produced;
+   mixed in) is produced; then the cell's job starts and reads it as a backlog;
 2. once the given fraction of the expected rows landed (early 10 %, middle 50 %, late 90 %) the fault is
    injected: `tm_kill` (SIGKILL of the TaskManager JVM; devstack's supervisor starts a new one), `pool_kill`
    (SIGKILL of the Beam worker pool's process group; supervised likewise), `kafka`, `postgres`, `redis`
@@ -447,6 +447,222 @@ class FrontendCell:
         return c
 
 
+class ArchiveCell:
+    """The archive pipeline: turns (80 %) and tool calls (20 %) with duplicates and malformed records (archived raw
+    as well: the archive validates nothing), hours of event time; every produced record in exactly one Parquet
+    object under the cell's job prefix, in its topic and event-time hour, payload byte for byte, and none of them
+    an archive dead letter. A record in two objects (or twice in one) is a duplicate: the archive's replay rule
+    is that a replay rewrites the same object (deterministic names), not a new one. Progress is counted in
+    archived records (they land an hour at a time, when the watermark passes the hour)."""
+
+    pipeline = "archive"
+    topics = tuple(t.name for t in topics.TOPICS)  # the archive reads every topic
+    # idle after 5 s: the archive reads every topic, and until its quiet partitions go idle no hour closes (with
+    # the default 60 s the whole cell was read first and every hour landed at once, after any fault)
+    job_args = ("--archive_late_firing_delay_seconds=1", "--archive_allowed_lateness_seconds=86400",
+                "--idle_partition_timeout_seconds=5", "--health_period_seconds=0")
+
+    @staticmethod
+    def job_extra(job: "Job") -> Tuple[str, ...]:
+        return (f"--archive_prefix={ArchiveCell.prefix_of(job)}",)
+
+    @staticmethod
+    def prefix_of(job: "Job") -> str:
+        return f"fault-matrix/{job.matrix_id}/"
+
+    def __init__(self, run_id: str, events: int, start_ms: int, seed: int):
+        n_tools = max(1, events // 5)
+        self.run_id = run_id
+        turns = TurnWorkload(seed=seed, run_id=run_id, start_ms=start_ms, sessions=200).generate(events - n_tools)
+        tools = ToolWorkload(seed=seed + 1, run_id=run_id, start_ms=start_ms + 1000, sessions=200,
+                             malformed_rate=0.05).generate(n_tools)
+        self.produced = {topics.TURNS: turns.records, topics.TOOLS: tools.records}
+        self.positions: Dict[str, List[Tuple[int, int]]] = {}
+        self.prefix = ""
+        self._objects: Dict[str, Tuple[str, list]] = {}  # key -> (etag, [(topic, partition, offset, row)])
+        self._lock = threading.Lock()
+
+    end_ms = KpiCell.end_ms
+    records = KpiCell.records
+
+    def bind(self, job: "Job") -> None:
+        self.prefix = self.prefix_of(job)
+
+    def _rows(self) -> Dict[str, list]:
+        """Every archived row under the prefix, per object (each object read once per ETag)."""
+        import io
+
+        import pyarrow.parquet as pq
+        from io_connectors.clients import s3_client
+        from io_connectors.settings import SpacesSettings
+
+        spaces = SpacesSettings.from_env()
+        client = s3_client(spaces, max_attempts=2, connect_timeout=2, read_timeout=10)
+        listed: Dict[str, str] = {}
+        for topic in self.produced:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=spaces.bucket,
+                                                                         Prefix=f"{self.prefix}{topic}/"):
+                listed.update({o["Key"]: o["ETag"] for o in page.get("Contents", [])})
+        with self._lock:
+            for key, etag in listed.items():
+                if self._objects.get(key, ("",))[0] != etag:
+                    body = client.get_object(Bucket=spaces.bucket, Key=key)["Body"].read()
+                    t = pq.read_table(io.BytesIO(body), columns=["topic", "partition", "offset", "payload",
+                                                                 "event_time"])
+                    self._objects[key] = (etag, [(r["topic"], r["partition"], r["offset"], r)
+                                                 for r in t.to_pylist()])
+            return {k: v[1] for k, v in self._objects.items() if k in listed}
+
+    def _expected(self) -> Dict[Tuple[str, int, int], ProducedRecord]:
+        return {(t, *self.positions[t][i]): rec for t, recs in self.produced.items() for i, rec in enumerate(recs)}
+
+    def landed(self, pg: Pg) -> int:
+        want = self._expected()
+        return len({(t, p, o) for rows in self._rows().values() for t, p, o, _ in rows if (t, p, o) in want})
+
+    def target(self) -> int:
+        return self.records
+
+    def check(self, pg: Pg, bootstrap: str, dlq_start, with_dlq: bool) -> Check:
+        from datetime import datetime, timezone
+
+        c = Check()
+        want = self._expected()
+        seen: Dict[Tuple[str, int, int], List[Tuple[str, dict]]] = {}
+        for key, rows in self._rows().items():
+            for t, p, o, row in rows:
+                if (t, p, o) in want:
+                    seen.setdefault((t, p, o), []).append((key, row))
+        c.lost = len(set(want) - set(seen))
+        c.duplicated = sum(len(v) - 1 for v in seen.values())
+        wrong = []
+        for pos, hits in seen.items():
+            rec = want[pos]
+            hour = datetime.fromtimestamp(rec.timestamp_ms / 1000, tz=timezone.utc).strftime("date=%Y-%m-%d/hour=%H/")
+            for key, row in hits:
+                if (row["payload"] != rec.value or int(row["event_time"].timestamp() * 1000) != rec.timestamp_ms
+                        or not key.startswith(f"{self.prefix}{pos[0]}/{hour}")):
+                    wrong.append((pos, key))
+        c.wrong = len(wrong)
+        c.details["archive"] = {"records": len(want), "archived": len(seen), "objects": len(self._objects),
+                                "in_more_than_one_place": sum(1 for v in seen.values() if len(v) > 1),
+                                "wrong e.g.": wrong[:2]}
+        if with_dlq:  # nothing the archive read may become one of its dead letters
+            for topic in self.produced:
+                mine = set(self.positions[topic])
+                found = dead_letters_at(topic, bootstrap, dlq_start[topic], mine)
+                c.wrong += len(found)
+                c.details[f"dlq {topic}"] = {"archived records dead-lettered": len(found)}
+        return c
+
+    def cleanup(self) -> None:
+        from io_connectors.clients import s3_client
+        from io_connectors.settings import SpacesSettings
+
+        spaces = SpacesSettings.from_env()
+        client = s3_client(spaces)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=spaces.bucket, Prefix=self.prefix):
+            for o in page.get("Contents", []):
+                client.delete_object(Bucket=spaces.bucket, Key=o["Key"])
+
+
+class LeadsCell:
+    """The leads pipeline: Marketo lead deltas of the cell's own lead ids (about 4 per lead, out of order in event
+    time, malformed ones mixed in, the newest delta of some leads replayed at the end); marketo_leads holds
+    exactly one row per lead, from its newest delta, scored (every non-PII column compared) and the DLQ every
+    malformed delta. Progress is counted in leads whose row holds their newest delta."""
+
+    pipeline = "leads"
+    topics = (topics.LEADS,)
+    job_args = ("--health_period_seconds=0",)  # the first cell's deltas are read in seconds: watch at once
+
+    def __init__(self, run_id: str, events: int, start_ms: int, seed: int):
+        import random
+
+        from workloads.generator import LeadWorkload
+
+        self.run_id = run_id
+        n_leads = max(1, events // 4)
+        # lead ids of this cell only (marketo_leads.lead_id is the key; cells and e2e runs must not share leads)
+        self.base = random.Random(run_id).randrange(10**8, 2 * 10**9 - 10**6)  # marketo_leads.lead_id: INTEGER
+        work = LeadWorkload(seed=seed, run_id=run_id, start_ms=start_ms, malformed_rate=0.04).generate(events)
+        rng = random.Random(seed)
+        recs: List[ProducedRecord] = []
+        self.newest: Dict[int, dict] = {}
+        for r in work.records:
+            if r.kind == "valid":
+                ev = json.loads(r.value)
+                ev["lead_id"] = self.base + rng.randrange(n_leads)
+                r = ProducedRecord(str(ev["lead_id"]).encode(), json.dumps(ev).encode(), r.timestamp_ms, "valid")
+                old = self.newest.get(ev["lead_id"])
+                if old is None or ev["timestamp"] > old["timestamp"]:
+                    self.newest[ev["lead_id"]] = ev
+            recs.append(r)
+        rng.shuffle(recs)  # deltas of a lead out of event-time order
+        newest_values = {json.dumps(ev) for ev in list(self.newest.values())[:50]}
+        recs += [r for r in recs if r.kind == "valid" and r.value.decode() in newest_values]  # replays
+        self.produced = {topics.LEADS: recs}
+        self.positions: Dict[str, List[Tuple[int, int]]] = {}
+        self._want: Optional[Dict[int, tuple]] = None
+
+    end_ms = KpiCell.end_ms
+    records = KpiCell.records
+
+    def _range(self) -> Tuple[int, int]:
+        return self.base, (max(self.newest) if self.newest else self.base)
+
+    def landed(self, pg: Pg) -> int:
+        lo, hi = self._range()
+        got = dict(pg.query("SELECT lead_id, source_ts_ms FROM marketo_leads WHERE lead_id BETWEEN %s AND %s",
+                            (lo, hi)))
+        return sum(1 for k, ev in self.newest.items() if got.get(k) == ev["timestamp"])
+
+    def target(self) -> int:
+        return len(self.newest)
+
+    def want(self) -> Dict[int, tuple]:
+        """Per lead the row's non-PII columns, from the same pure functions the pipeline applies."""
+        if self._want is None:
+            from events.contracts import MarketoLeadDelta
+            from transforms.field_crypto import load_key_ring
+            from transforms.pii import PiiPolicy, Redactor, load_hmac_key
+            from transforms.rows import lead_to_row
+            from transforms.scoring import Scored, score_lead
+
+            redactor = Redactor(PiiPolicy.load(), load_hmac_key(), load_key_ring())
+            self._want = {}
+            for lead_id, ev in self.newest.items():
+                lead, _ = redactor.event(MarketoLeadDelta.model_validate(ev))
+                row = lead_to_row(Scored(lead, score_lead(lead)))
+                self._want[lead_id] = tuple(row[c] for c in LEAD_CHECKED)
+        return self._want
+
+    def check(self, pg: Pg, bootstrap: str, dlq_start, with_dlq: bool) -> Check:
+        c = Check()
+        lo, hi = self._range()
+        cols = ", ".join(LEAD_CHECKED)
+        got = {r[0]: r[1:] for r in pg.query(f"SELECT lead_id, {cols} FROM marketo_leads "
+                                             "WHERE lead_id BETWEEN %s AND %s", (lo, hi))}
+        want = self.want()
+        missing = set(want) - set(got)
+        stale = [k for k in want if k in got and got[k][-1] < want[k][-1]]  # an older delta won
+        wrong = [k for k in want if k in got and k not in stale and tuple(got[k]) != want[k]]
+        c.lost += len(missing)
+        c.wrong += len(stale) + len(wrong) + len(set(got) - set(want))
+        c.details["marketo_leads"] = {"leads": len(want), "rows": len(got), "missing": len(missing),
+                                      "stale": len(stale), "wrong": len(wrong),
+                                      "e.g.": [(k, got[k], want[k]) for k in (stale + wrong)[:2]]}
+        if with_dlq:
+            check_dead_letters(c, self.produced, self.positions, bootstrap, dlq_start)
+        return c
+
+
+# what LeadsCell compares: every column the pipeline computes, except the PII ones (tokens with random nonces);
+# source_ts_ms last (the newest delta's event time: a smaller one means an older delta won)
+LEAD_CHECKED = ("company", "lead_source", "email_domain", "lead_quality_score", "engagement_level",
+                "conversion_probability", "recommended_action", "scorer_version", "source_ts_ms")
+
+
 def _same_value(got, want) -> bool:
     """A column read back as JSON (to_jsonb) against the row the pipeline built (JSON-normalised): timestamps
     come back as ISO strings, numerics as numbers."""
@@ -464,14 +680,15 @@ def _same_value(got, want) -> bool:
     return False
 
 
-PIPELINES = {"kpi": KpiCell, "billing": BillingCell, "frontend": FrontendCell}
+PIPELINES = {"kpi": KpiCell, "billing": BillingCell, "frontend": FrontendCell, "archive": ArchiveCell,
+             "leads": LeadsCell}
 # Every pipeline gets a job (and consumer group) per cell: a cell's records are hours older than the time at
 # which the previous cell's partitions went idle, and a caught-up partition's CreateTime watermark moves to the
 # present (after a record, and since io_connectors/kafka.py's idle-aware read also after
 # --idle_partition_timeout_seconds without one), so a shared job would see every later cell's records as too
 # late. (The KPI pipeline shared one job until 2026-12-04: text.agent.session.updated, which no cell writes,
 # held its watermark at the minimum for the whole matrix, so no session ever went final.)
-JOB_PER_CELL = {"kpi", "billing", "frontend"}
+JOB_PER_CELL = {"kpi", "billing", "frontend", "archive"}  # leads has no windows: one job
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -487,10 +704,17 @@ class Job:
         self.group = f"e2e-{pipeline}-fault-{matrix_id}"
         self.job_name = f"iheardai-{pipeline}-fault-{matrix_id}"
         self.submits = 0
+        self.prepared = False
         self._ctx: Optional[readme_pipeline] = None
 
     def running(self) -> bool:
         return any(j["state"] == "RUNNING" for j in jobs_by_name(self.job_name))
+
+    def prepare(self, bootstrap: str) -> None:
+        """The group's offsets at the topics' end, before the first submission (what is produced next is read)."""
+        if not self.prepared:
+            commit_group_at_end(self.group, PIPELINES[self.pipeline].topics, bootstrap)
+            self.prepared = True
 
     def ensure(self, bootstrap: str) -> None:
         if self.running():
@@ -498,8 +722,9 @@ class Job:
         cancel_by_name(self.job_name)
         cls = PIPELINES[self.pipeline]
         if self.submits == 0:
-            commit_group_at_end(self.group, cls.topics, bootstrap)
-        self._ctx = readme_pipeline(self.pipeline, self.matrix_id, None, *cls.job_args, group=self.group,
+            self.prepare(bootstrap)
+        extra = cls.job_extra(self) if hasattr(cls, "job_extra") else ()
+        self._ctx = readme_pipeline(self.pipeline, self.matrix_id, None, *cls.job_args, *extra, group=self.group,
                                     job_name=self.job_name)
         log(f"submitting {' '.join(self._ctx.cmd[1:])}")
         self._ctx.__enter__()
@@ -512,8 +737,13 @@ class Job:
         jid = self.jid()
         if not jid:
             return -1
+        # numRestarts is missing until the JobManager's metric fetcher has run for the job (up to 10 s, and again
+        # after a restart): then count the failures in its exception history (each one restarted the job)
         m = flink_get(f"/jobs/{jid}/metrics?get=numRestarts")
-        return next((int(x["value"]) for x in m if x.get("id") == "numRestarts"), 0)
+        n = next((int(x["value"]) for x in m if x.get("id") == "numRestarts"), None)
+        if n is None:
+            n = len(flink_get(f"/jobs/{jid}/exceptions").get("exceptionHistory", {}).get("entries", []))
+        return n
 
     def cancel(self) -> None:
         cancel_by_name(self.job_name)
@@ -535,6 +765,7 @@ class Result:
     stall_s: Optional[float] = None
     fault_s: Optional[float] = None
     landed_at_fault: Optional[int] = None
+    target: Optional[int] = None  # what "landed" counts up to (rows, items, leads or records: the cell's unit)
     restarts: Optional[int] = None
     finished_s: Optional[float] = None
     error: Optional[str] = None
@@ -585,12 +816,21 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
     bootstrap = kafka_config()["bootstrap.servers"]
     run_id = f"fm{uuid.uuid4().hex[:8]}"
     cell = PIPELINES[pipeline](run_id, events, start_ms, seed)
+    if hasattr(cell, "bind"):
+        cell.bind(job)
     res = Result(pipeline, fault, point, events, cell.records, run_id)
     pg = Pg()
     sampler: Optional[_Sampler] = None
     try:
-        job.ensure(bootstrap)
-        restarts0 = job.restarts()
+        # A new job starts after its cell's records are produced, on a group committed at the topics' end
+        # before: it reads them as a backlog. Started first, its input partitions would have no record for a
+        # while, and a partition with none since the job started goes idle (its event time jumps to the clock)
+        # after --idle_partition_timeout_seconds: the cell's records, hours old, would then all be late.
+        fresh = job.submits == 0
+        if fresh:
+            job.prepare(bootstrap)
+        else:
+            job.ensure(bootstrap)
         dlq_start = {t: end_offsets(topics.dlq_topic(t), bootstrap) for t in cell.produced}
         from workloads.produce import produce
 
@@ -599,6 +839,10 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
             cell.positions[t] = produce(recs, t, bootstrap, kafka_config(bootstrap))
         log(f"{pipeline} x {fault} x {point}: {cell.records} records produced in {time.monotonic() - t_prod:.1f}s "
             f"(run {run_id}, {cell.target()} distinct valid rows expected)")
+        if fresh:
+            job.ensure(bootstrap)
+        restarts0 = job.restarts()
+        res.target = cell.target()
         threshold = int(cell.target() * POINTS[point])
         sampler = _Sampler(cell, Pg())
         sampler.start()
@@ -664,6 +908,11 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
                 devstack("up", SERVICE[fault])
             except Exception as e:  # noqa: BLE001
                 res.error = (res.error or "") + f"; devstack up {SERVICE[fault]}: {e}"
+        if hasattr(cell, "cleanup"):
+            try:
+                cell.cleanup()
+            except Exception as e:  # noqa: BLE001 - leftovers under a cell's own prefix harm no other cell
+                log(f"  cleanup failed: {e}")
     log(f"  -> lost {res.lost}, duplicated {res.duplicated}, wrong {res.wrong}, dlq missing {res.dlq_missing}, "
         f"resume {res.resume_s}s (stall {res.stall_s}s), restarts {res.restarts}" + (f", ERROR {res.error}" if res.error else ""))
     return res, cell.end_ms
