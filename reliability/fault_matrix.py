@@ -203,7 +203,7 @@ class KpiCell:
     pipeline = "kpi"
     topics = (topics.TURNS, topics.TOOLS, topics.SESSIONS)
     job_args = ("--session_gap_seconds=600", "--allowed_lateness_seconds=600", "--early_firing_seconds=2",
-                "--health_period_seconds=10")
+                "--health_period_seconds=0")
 
     def __init__(self, run_id: str, events: int, start_ms: int, seed: int):
         n_tools = max(1, events // 5)
@@ -302,7 +302,7 @@ class BillingCell:
 
     pipeline = "billing"
     topics = (topics.TURNS, topics.TOOLS)
-    job_args = ("--early_firing_seconds=2", "--health_period_seconds=10")
+    job_args = ("--early_firing_seconds=2", "--health_period_seconds=0")
 
     def __init__(self, run_id: str, events: int, start_ms: int, seed: int):
         from workloads.expected import billing_usage, own_accounts
@@ -368,7 +368,7 @@ class FrontendCell:
     pipeline = "frontend"
     topics = (topics.FRONTEND_INTERACTION, topics.FRONTEND_SESSION, topics.FRONTEND_WIDGET)
     job_args = ("--session_gap_seconds=600", "--allowed_lateness_seconds=600", "--early_firing_seconds=2",
-                "--health_period_seconds=10")
+                "--health_period_seconds=0")
 
     def __init__(self, run_id: str, events: int, start_ms: int, seed: int):
         from workloads.expected import frontend_expected

@@ -60,7 +60,7 @@ def test_kpi_fault_loses_and_duplicates_nothing(matrix, fault):
     r = matrix[fault]
     assert r.error is None, r.error
     assert (r.lost, r.duplicated, r.wrong, r.dlq_missing) == (0, 0, 0, 0), r.details
-    assert r.landed_at_fault is not None and r.landed_at_fault < r.events, "the fault came after the data"
+    assert r.landed_at_fault is not None and r.landed_at_fault < r.target, "the fault came after the data"
 
 
 def test_kpi_resumes_by_itself_after_a_taskmanager_kill(matrix):
