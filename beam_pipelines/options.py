@@ -242,7 +242,9 @@ def finalize_options(argv: Optional[List[str]], pipeline: str, description: str 
             portable.job_endpoint = settings.get("BEAM_JOB_ENDPOINT", "localhost:8099")
         if not portable.environment_type:
             portable.environment_type = "EXTERNAL"
-            portable.environment_config = settings.get("BEAM_WORKER_POOL", "localhost:50000")
+            # an --environment_config given alone names another pool (it was silently replaced before)
+            portable.environment_config = portable.environment_config or settings.get("BEAM_WORKER_POOL",
+                                                                                      "localhost:50000")
         ckpt = opts.view_as(FlinkCheckpointOptions)
         if ckpt.checkpointing_interval is None:
             ckpt.checkpointing_interval = 10_000

@@ -406,9 +406,10 @@ def run_contender(sc: Scenario, kind: str, run_id: str, n: int, args, bootstrap:
         work = lambda: descendants(proc.pid)  # noqa: E731
         split = {}
     sampler = Sampler({"work": work, "services": service_pids, **split}).start()
-    profiling = Profiles(args.profile, f"{sc.name}-{kind}", work if kind == "handrolled" else None) \
-        if args.profile else None
-    try:
+    profiling = None
+    try:  # the job is cancelled whatever fails from here on (a job left running skews every later run)
+        if args.profile:
+            profiling = Profiles(args.profile, f"{sc.name}-{kind}", work if kind == "handrolled" else None)
         t0, _ = produce(records, bootstrap)
         t_rows, t_end = wait_landed(sc, run_id, n_rows, per_session, args.timeout)
     finally:
@@ -559,6 +560,9 @@ def main() -> None:
     ap.add_argument("--stock-pool-port", type=int, default=0,
                     help="also start Beam's own worker pool (no state cache) on this port for the run, for "
                          "variants with --environment_config=localhost:PORT")
+    ap.add_argument("--extra-pool", action="append", default=[], metavar="PORT=FLAGS",
+                    help="also start `python -m beam_pipelines.worker_pool --service_port=PORT FLAGS` for the run, "
+                         "for variants with --environment_config=localhost:PORT (e.g. 50001=--stock_state_weigher)")
     args = ap.parse_args()
     os.environ.update(environment())
     if args.variant:
@@ -594,14 +598,19 @@ def run_variants(args) -> None:
     """The Beam contender once per variant, back to back in this run, on the same events."""
     bootstrap = KafkaSettings.from_env().bootstrap_servers
     args.start_ms = int(time.time() * 1000) - args.events * 1100
-    pool = None
-    if args.stock_pool_port:
-        pool = subprocess.Popen([PY, "-m", "apache_beam.runners.worker.worker_pool_main",
-                                 f"--service_port={args.stock_pool_port}"], cwd=REPO,
-                                env={**os.environ, **environment(), "PYTHONPATH": str(REPO),
-                                     "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _EXTRA_POOLS.append(pool.pid)
+    pools = []
+    commands = [[PY, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={args.stock_pool_port}"]] \
+        if args.stock_pool_port else []
+    for spec in args.extra_pool:
+        port, _, flags = spec.partition("=")
+        commands.append([PY, "-m", "beam_pipelines.worker_pool", f"--service_port={int(port)}", *flags.split()])
+    for command in commands:
+        pools.append(subprocess.Popen(command, cwd=REPO,
+                                      env={**os.environ, **environment(), "PYTHONPATH": str(REPO),
+                                           "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _EXTRA_POOLS.append(pools[-1].pid)
+    if pools:
         time.sleep(3)
     out: Dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "events": args.events, "variants": {}}
     try:
@@ -615,7 +624,7 @@ def run_variants(args) -> None:
                 print(f"[bench] {name} {label}: {res}", flush=True)
                 out["variants"][f"{name} {label}"] = {"flags": flags, **res}
     finally:
-        if pool:
+        for pool in pools:
             pool.terminate()
             pool.wait(30)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

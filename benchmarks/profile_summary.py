@@ -16,7 +16,7 @@ from pathlib import Path
 def python_profile(files, top: int) -> None:
     own, incl, total = collections.Counter(), collections.Counter(), 0
     for f in files:
-        for line in f.read_text().splitlines():
+        for line in f.read_text(errors="replace").splitlines():
             stack, _, n = line.rpartition(" ")
             if not n.isdigit():
                 continue

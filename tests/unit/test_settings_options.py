@@ -42,6 +42,17 @@ def test_options_fail_at_build_time_and_savepoint_flags_are_declared():
     assert ck.savepoint_path == "s3://b/sp-1" and ck.allow_non_restored_state and ck.checkpointing_interval == 10_000
 
 
+def test_a_worker_pool_named_alone_is_the_one_the_job_uses():
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    from beam_pipelines.options import finalize_options
+
+    own = finalize_options(["--runner=FlinkRunner", "--environment_config=localhost:50001"], "kpi")
+    assert own.view_as(PortableOptions).environment_config == "localhost:50001"
+    default = finalize_options(["--runner=FlinkRunner"], "kpi").view_as(PortableOptions)
+    assert default.environment_type == "EXTERNAL" and default.environment_config.endswith(":50000")
+
+
 @pytest.mark.parametrize("start_from", ["committed", "earliest", "latest"])
 def test_the_kafka_consumer_never_commits_by_itself_and_never_starts_at_the_end(start_from):
     """Beam's cross-language read replaces KafkaIO's consumer defaults with ours: auto-commit must be off, or a
