@@ -62,7 +62,12 @@ def test_kpi_upgrade_through_a_savepoint_loses_and_double_counts_nothing(stack, 
     for t, (first, second) in halves.items():
         assert first and second, t
         cell.produced[t] = first + second  # the order produced: positions[t][i] is produced[t][i]'s
-    args = ("--session_gap_seconds=600", "--allowed_lateness_seconds=600", "--early_firing_seconds=2",
+    # The events are 1.7-3 h old, and the first job's reader catches up long before its sinks have landed half:
+    # a caught-up partition then moves to processing time, close timers fire at "now", and the second half
+    # (older than now - lateness) was late data (in-suite CI, 2026-12-07: 273 turns and 341 tool calls
+    # dead-lettered, 181 sessions short; alone it passed). A lateness beyond the events' age takes that rule,
+    # which this test is not about, out of the upgrade's check (the checks need totals, not final rows).
+    args = ("--session_gap_seconds=600", "--allowed_lateness_seconds=14400", "--early_firing_seconds=2",
             "--health_period_seconds=10")
     pg = Pg()
     with readme_pipeline("kpi", run_id, None, *args, group=group, job_name=job_name):
