@@ -148,6 +148,11 @@ def python_worker_pids() -> List[int]:
     return [p for r in roots for p in descendants(r)]
 
 
+def prometheus_pids() -> List[int]:
+    root = _pid("prometheus")
+    return descendants(root) if root else []
+
+
 def service_pids() -> List[int]:
     return [p for root in (_pid("kafka"), _pid("postgres"), _pid("redis")) if root for p in descendants(root)]
 
@@ -395,7 +400,7 @@ def run_contender(sc: Scenario, kind: str, run_id: str, n: int, args, bootstrap:
     if kind == "beam":
         job = start_job(sc.name, run_id, args.parallelism, args.pipeline_args)
         work = beam_pids
-        split = {"jvm": jvm_pids, "python": python_worker_pids}
+        split = {"jvm": jvm_pids, "python": python_worker_pids, "prometheus": prometheus_pids}
     else:
         group = f"bench-{run_id}"
         commit_group_at_end(group, sc.topics, bootstrap)
@@ -556,7 +561,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                     help="A/B: run only the Beam contender of each pipeline once per variant, with these extra job "
                          "flags (space-separated), e.g. --variant 'beam-defaults=--max_bundle_size=1000 "
-                         "--max_bundle_time_millis=1000 --sdk_worker_parallelism=1'")
+                         "--max_bundle_time_millis=1000 --sdk_worker_parallelism=1'; a token @tm:KEY=VALUE restarts "
+                         "the TaskManager with that devstack setting before the variant (e.g. "
+                         "@tm:DEVSTACK_FLINK_METRICS_FILTER=off), and the stack's own settings are restored after")
     ap.add_argument("--stock-pool-port", type=int, default=0,
                     help="also start Beam's own worker pool (no state cache) on this port for the run, for "
                          "variants with --environment_config=localhost:PORT")
@@ -594,6 +601,15 @@ def main() -> None:
     print(f"\nwritten to {args.json}")
 
 
+def restart_taskmanager(env: Dict[str, str]) -> None:
+    """A new TaskManager whose configuration is written with these environment settings (a variant's `@tm:K=V`
+    tokens, e.g. @tm:DEVSTACK_FLINK_METRICS_FILTER=off); devstack.services.flink reads them."""
+    print(f"[bench] restarting the TaskManager with {env or 'the stack settings'}", flush=True)
+    subprocess.run([PY, "-m", "devstack", "restart-taskmanager"], cwd=REPO, check=True, timeout=300,
+                   env={**os.environ, "PYTHONPATH": str(REPO), **env}, stdout=subprocess.DEVNULL)
+    time.sleep(5)  # the JobManager has registered its slots
+
+
 def run_variants(args) -> None:
     """The Beam contender once per variant, back to back in this run, on the same events."""
     bootstrap = KafkaSettings.from_env().bootstrap_servers
@@ -613,11 +629,16 @@ def run_variants(args) -> None:
     if pools:
         time.sleep(3)
     out: Dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "events": args.events, "variants": {}}
+    tm_changed = False
     try:
         for name in args.pipelines.split(","):
             for v in args.variant:
                 label, _, flags = v.partition("=")
-                args.pipeline_args = flags.split()
+                tm_env = dict(t[len("@tm:"):].split("=", 1) for t in flags.split() if t.startswith("@tm:"))
+                args.pipeline_args = [t for t in flags.split() if not t.startswith("@tm:")]
+                if tm_env:
+                    restart_taskmanager(tm_env)
+                    tm_changed = True
                 tag = uuid.uuid4().hex[:7]
                 print(f"[bench] {name} {label}: {args.events} events ...", flush=True)
                 res = run_contender(SCENARIOS[name], "beam", f"v{name[0]}{tag}", args.events, args, bootstrap)
@@ -627,6 +648,8 @@ def run_variants(args) -> None:
         for pool in pools:
             pool.terminate()
             pool.wait(30)
+        if tm_changed:
+            restart_taskmanager({})  # back to the stack's own settings
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     print(f"\n| variant (events={args.events}) | events/s, all rows | events/s, main table | CPU-s / 1k records |")

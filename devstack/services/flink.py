@@ -33,6 +33,33 @@ def flink_install() -> None:
     tmp.rename(FLINK_DIST)
 
 
+# What Flink's Prometheus reporter leaves out (metrics.reporter.prom.filter.excludes; Flink's DefaultMetricFilter:
+# `<scope>:<names>`, `*` any characters, full matches). Each scrape renders every series of every task: with the
+# five pipelines running, 5,683 series and 4.5 MB per scrape, 42 % of them Beam's own per-transform and
+# per-PCollection system metrics (`ref_PCollection_..._metric:element_count:v1`, `..._metric:pardo_execution_time:
+# ...`), 12 % Flink's per-operator copies of the task's record/byte counts and watermarks, and most of the task
+# level network-buffer, mailbox and checkpoint-alignment detail (22 % of the TaskManager's CPU samples were its
+# Prometheus HTTP thread, 2026-12-07). Kept: the task metrics the rules and dashboards use (watermarks,
+# busy/idle/back-pressured time, record rates), the sources' backlog, the JVM, and every Beam user metric
+# (`iheardai:<step>:_<name>`, the iheardai_step_* series). The Flink dashboard reads metrics through the REST API,
+# which this filter does not touch. The production session cluster (flink-deploy/base/flink-session.yaml) has
+# the same list; tests/unit/test_deploy.py keeps them equal and checks the rules' and dashboards' metrics pass.
+PROMETHEUS_EXCLUDES = (
+    "*:*PCollection*,*AppliedPTransform*,*.metric*",  # Beam's system metrics (MonitoringInfos: `<id>.metric:<urn>`)
+    "*.operator:numRecords*,numBytes*,current*Watermark",  # per-operator copies of the task's figures
+    "*.task.buffers,*.task.Shuffle.*",  # network buffers and netty shuffle bytes
+    "*.task:mailbox*,numBuffers*,numBytes*,accumulate*,soft*,hard*,max*BackPressureTimeMs,checkpoint*,"
+    "changelog*,initializationTime",
+)
+
+
+def prometheus_filter_lines() -> list:
+    """The reporter filter as config.yaml lines; DEVSTACK_FLINK_METRICS_FILTER=off reports everything (A/B)."""
+    if os.environ.get("DEVSTACK_FLINK_METRICS_FILTER", "on") == "off":
+        return []
+    return ["metrics.reporter.prom.filter.excludes:", *[f"  - \"{f}\"" for f in PROMETHEUS_EXCLUDES]]
+
+
 def _flink_conf() -> None:
     FLINK_CONF.mkdir(parents=True, exist_ok=True)
     for f in (FLINK_HOME / "conf").glob("log4j*.properties"):
@@ -76,6 +103,7 @@ def _flink_conf() -> None:
         # port of the range, the TaskManager the second (devstack.services.prometheus scrapes both).
         "metrics.reporter.prom.factory.class: org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
         f"metrics.reporter.prom.port: {PORTS['flink-metrics-jobmanager']}-{PORTS['flink-metrics-taskmanager']}",
+        *prometheus_filter_lines(),
         f"blob.storage.directory: {DATA / 'flink-blobs'}",
         "",
     ]))
@@ -140,6 +168,7 @@ def restart_taskmanager(timeout_s: float = 90) -> None:
     """A fresh TaskManager: the EMBEDDED Java harness leaks Kafka producer threads and classes of cancelled
     jobs into the TaskManager JVM, so long test sessions recycle it (running jobs restart on the new one).
     The supervisor starts the new JVM; without one (a stack of an older checkout) a supervised one is started."""
+    _flink_conf()  # the new TaskManager reads the current settings (e.g. DEVSTACK_FLINK_METRICS_FILTER)
     old = _taskmanager_ids()
     tm = None
     if read_pid(supervisor_name(TM)) is not None:

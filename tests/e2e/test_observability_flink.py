@@ -105,6 +105,11 @@ def test_a_running_pipeline_shows_its_step_counters_its_lag_and_its_page(stack, 
                           f'step="Validate_text_agent_turn_completed_"}})') == 30
         poll(lambda: prom_value(lag) == 0, 120, f"{lag} falls to 0 (offsets committed on checkpoints)")
         assert prom_value(f'flink_jobmanager_job_uptime{{job_name="{flink_job}"}}') > 0  # Flink's own
+        # the reporter's filter (devstack.services.flink.PROMETHEUS_EXCLUDES): Beam's per-transform system metrics
+        # and the per-operator record counts are not scraped, the task-level ones are
+        assert prom_value(f'count({{job="flink", job_name="{flink_job}", __name__=~".*metric:.*"}})') is None
+        assert prom_value(f'count(flink_taskmanager_job_task_operator_numRecordsIn{{job_name="{flink_job}"}})') is None
+        assert prom_value(f'count(flink_taskmanager_job_task_numRecordsIn{{job_name="{flink_job}"}})') > 0
         poll(lambda: prom_value(f'iheardai_job_up{{pipeline="kpi", job_name="{job.job_name}"}}') == 1, 30,
              "iheardai_job_up of the job")
 
