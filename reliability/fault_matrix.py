@@ -853,6 +853,7 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
             time.sleep(0.2)
         res.landed_at_fault = cell.landed(pg)
         log(f"  injecting {fault} at {res.landed_at_fault}/{cell.target()} rows")
+        fault_at = time.time()
         t0, t1 = inject(fault)
         res.fault_s = round(t1 - t0, 1)
         log(f"  fault over after {res.fault_s}s")
@@ -892,7 +893,12 @@ def run_cell(job: Job, pipeline: str, fault: str, point: str, events: int, start
         res.resume_s, res.stall_s = resume_time(sampler.samples, t0)
         res.finished_s = round(time.monotonic() - t0, 1)
         res.lost, res.duplicated, res.wrong, res.dlq_missing = chk.lost, chk.duplicated, chk.wrong, chk.dlq_missing
-        res.details = chk.details
+        res.details = {**chk.details, "fault_at": round(fault_at, 3), "job_name": job.job_name}
+        if fault == "tm_kill":  # where the resume time went (reliability/resume_phases.py)
+            from reliability.resume_phases import phases
+
+            res.details["phases"] = phases(job.job_name, fault_at, res.resume_s)
+            log(f"  phases (s after the kill): {res.details['phases']}")
         r1 = job.restarts()
         res.restarts = (r1 - restarts0) if r1 >= 0 and restarts0 >= 0 else None
         if not job.running():

@@ -68,6 +68,11 @@ def test_kpi_resumes_by_itself_after_a_taskmanager_kill(matrix):
     assert r.error is None, r.error
     assert r.resume_s is not None, f"no new row after the kill (stall {r.stall_s}s, restarts {r.restarts})"
     print(f"kpi x tm_kill: first new row {r.resume_s:.1f}s after the kill (target < 30 s), {r.restarts} restarts")
+    # where the time went, from the JobManager's log (reliability/resume_phases.py)
+    ph = r.details["phases"]
+    print(f"kpi x tm_kill phases (s after the kill): {ph}")
+    assert None not in (ph["detected"], ph["registered"], ph["tasks_running"]), ph
+    assert ph["detected"] <= ph["tasks_running"] and ph["registered"] <= ph["tasks_running"] <= r.resume_s + 1, ph
 
 
 @pytest.mark.parametrize("pipeline, fault", OTHER_CELLS)
