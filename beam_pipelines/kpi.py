@@ -35,6 +35,21 @@ from transforms.windows import (SESSION_KPI_COLUMNS, SESSION_KPI_MERGE, Sessioni
 TOPICS = (topics.TURNS, topics.TOOLS, topics.SESSIONS)
 
 
+def write_turns(scored: beam.PCollection, opts) -> List[beam.PCollection]:
+    """The per-turn sinks (`agent_turns` upserts, the Redis session state); returns their dead letters."""
+    sink = opts.view_as(SinkOptions)
+    xf = opts.view_as(TransformOptions)
+    return [scored | "WriteAgentTurns" >> UpsertRows(
+                turn_to_row, "agent_turns", AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, version_column="ts_ms",
+                json_columns=AGENT_TURN_JSON, batch_size=sink.pg_batch_size, max_attempts=sink.pg_max_attempts,
+                source_topic=topics.TURNS),
+            scored
+            | "ToSessionState" >> beam.Map(KeepSource(session_state_event))
+            | "WriteRedisSessionState" >> WriteSessionState(
+                ttl_seconds=xf.redis_ttl_seconds, batch_size=sink.redis_batch_size,
+                max_attempts=sink.redis_max_attempts, source_topic=topics.TURNS)]
+
+
 def build(p: beam.Pipeline, opts) -> None:
     sink = opts.view_as(SinkOptions)
     win = opts.view_as(WindowOptions)
@@ -47,15 +62,7 @@ def build(p: beam.Pipeline, opts) -> None:
     dead_letters.append(d)
     scored, d = split_dead_letters(turns | "ScoreTurns" >> ScoreAgentTurns(xf.price_table_file))
     dead_letters.append(d)
-    dead_letters.append(scored | "WriteAgentTurns" >> UpsertRows(
-        turn_to_row, "agent_turns", AGENT_TURN_KEYS, AGENT_TURN_SCORED_COLUMNS, version_column="ts_ms",
-        json_columns=AGENT_TURN_JSON, batch_size=sink.pg_batch_size, max_attempts=sink.pg_max_attempts,
-        source_topic=topics.TURNS))
-    dead_letters.append(scored
-                        | "ToSessionState" >> beam.Map(KeepSource(session_state_event))
-                        | "WriteRedisSessionState" >> WriteSessionState(
-                            ttl_seconds=xf.redis_ttl_seconds, batch_size=sink.redis_batch_size,
-                            max_attempts=sink.redis_max_attempts, source_topic=topics.TURNS))
+    dead_letters += write_turns(scored, opts)
 
     tools, d = split_dead_letters(events[topics.TOOLS] | "RedactTools" >> RedactPii(policy, topics.TOOLS))
     dead_letters.append(d)

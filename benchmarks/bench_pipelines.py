@@ -21,6 +21,11 @@ Latency (`--rate`): the KPI job alone, turns offered at a fixed rate; event-to-s
 reads `HGETALL session:<id>:state` in a loop and times a 500-row probe upsert into `agent_turns` every second
 (under a bench- prefix, deleted afterwards).
 
+Floor (`--floor read,validate,transform`): the KPI job cut down to its first steps (benchmarks/floor_pipeline.py:
+the Kafka read alone, + validation, + redaction and scoring, + the two per-turn sinks), on the same records,
+timed until every element is counted (the sinks: until every row and Redis count landed): what Beam on Flink
+costs per record before the keyed session totals.
+
 Prints one table and writes it as JSON.
 """
 
@@ -393,11 +398,78 @@ def commit_group_at_end(group: str, topics_: Tuple[str, ...], bootstrap: str) ->
         c.close()
 
 
+def start_floor_job(stage: str, run_id: str, parallelism: int, extra: List[str]) -> Tuple[str, str]:
+    """benchmarks/floor_pipeline.py at `stage`, with the KPI job's flags; returns (job name, Redis count key)."""
+    job, key = f"bench-floor-{stage}-{run_id}", f"session:bench-floor-{run_id}:count"
+    cmd = [PY, "-m", "benchmarks.floor_pipeline", "--runner=FlinkRunner", "--flink_master=localhost:8081",
+           f"--job_name={job}", f"--consumer_group=bench-kpi-{run_id}", "--start_from=latest",
+           f"--parallelism={parallelism}", "--no_wait_until_finish", f"--stage={stage}", f"--count_key={key}",
+           *extra]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    if r.returncode:
+        raise SystemExit(f"the floor job ({stage}) did not start:\n{(r.stdout + r.stderr)[-3000:]}")
+    return job, key
+
+
+def wait_counted(key: str, n: int, timeout_s: float, job_name: str) -> float:
+    """When the floor job's bundles (a hash field each) add up to n; fails at once when the job has failed."""
+    rds = _redis()
+    deadline, next_look = time.time() + timeout_s, time.time() + 5
+    while time.time() < deadline:
+        if sum(int(v) for v in rds.hvals(key)) >= n:
+            return time.time()
+        if time.time() > next_look:
+            next_look = time.time() + 5
+            failure = job_failure(job_name)
+            if failure:
+                raise SystemExit(f"the floor job {job_name} failed: {failure}")
+        time.sleep(0.1)
+    raise SystemExit(f"{key}: fewer than {n} elements counted within {timeout_s:.0f} s")
+
+
+def wait_sinks(run_id: str, n_rows: int, per_session: Dict[str, int], timeout_s: float) -> float:
+    conn, rds = _pg(), _redis()
+    deadline = time.time() + timeout_s
+    try:
+        while time.time() < deadline:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM agent_turns WHERE session_id LIKE %s", (f"{run_id}-%",))
+                if cur.fetchone()[0] >= n_rows:
+                    pipe = rds.pipeline(transaction=False)
+                    for sid in per_session:
+                        pipe.hget(f"session:{sid}:metrics", "total_turns")
+                    if all(int(v or 0) == per_session[s] for s, v in zip(per_session, pipe.execute())):
+                        return time.time()
+            time.sleep(0.25)
+    finally:
+        conn.close()
+    raise SystemExit(f"{run_id}: the floor job's agent_turns rows and Redis state not complete within {timeout_s:.0f} s")
+
+
+def job_failure(job_name: str) -> Optional[str]:
+    """The last line of the newest exception of the running job of this name, if it has any."""
+    import requests
+
+    for j in requests.get("http://localhost:8081/jobs/overview", timeout=10).json()["jobs"]:
+        if j["name"] == job_name and j["state"] not in ("FINISHED", "CANCELED"):
+            entries = requests.get(f"http://localhost:8081/jobs/{j['jid']}/exceptions", timeout=10).json().get(
+                "exceptionHistory", {}).get("entries", [])
+            if entries:
+                lines = [l for l in entries[0].get("stacktrace", "").splitlines() if "Error" in l or "Exception" in l]
+                return (lines[-1] if lines else entries[0].get("exceptionName", "?")).strip()[:500]
+    return None
+
+
 def run_contender(sc: Scenario, kind: str, run_id: str, n: int, args, bootstrap: str) -> Dict[str, float]:
     records, n_rows, per_session = sc.make(run_id, n, args.start_ms)
     n_records = sum(len(r) for r in records.values())
     proc = None
-    if kind == "beam":
+    floor = kind[len("floor-"):] if kind.startswith("floor-") else None
+    if floor:
+        job, count_key = start_floor_job(floor, run_id, args.parallelism, args.pipeline_args)
+        work = beam_pids
+        split = {"jvm": jvm_pids, "python": python_worker_pids}
+    elif kind == "beam":
         job = start_job(sc.name, run_id, args.parallelism, args.pipeline_args)
         work = beam_pids
         split = {"jvm": jvm_pids, "python": python_worker_pids, "prometheus": prometheus_pids}
@@ -416,12 +488,17 @@ def run_contender(sc: Scenario, kind: str, run_id: str, n: int, args, bootstrap:
         if args.profile:
             profiling = Profiles(args.profile, f"{sc.name}-{kind}", work if kind == "handrolled" else None)
         t0, _ = produce(records, bootstrap)
-        t_rows, t_end = wait_landed(sc, run_id, n_rows, per_session, args.timeout)
+        if floor == "sinks":  # the per-turn sinks: every agent_turns row and Redis turn count, no session_kpis
+            t_rows = t_end = wait_sinks(run_id, n_rows, per_session, args.timeout)
+        elif floor:
+            t_rows = t_end = wait_counted(count_key, n_records, args.timeout, job)
+        else:
+            t_rows, t_end = wait_landed(sc, run_id, n_rows, per_session, args.timeout)
     finally:
         cpu = sampler.stop()
         if profiling:
             profiling.stop()
-        if kind == "beam":
+        if kind != "handrolled":
             cancel_job(job)
         else:
             proc.terminate()
@@ -483,7 +560,15 @@ def latency_run(run_id: str, args, bootstrap: str) -> Dict[str, float]:
     n = int(args.rate * args.rate_seconds)
     turns, tools = workload(run_id, n, int(time.time() * 1000) - n * 1100)
     per_session = expected_counts(turns, tools)
-    job = start_job("kpi", run_id, args.parallelism, args.pipeline_args)
+    # The generator spaces turns ~1.1 s of event time apart: offered at 2,000/s, 30 s of records carry ~18 h of event
+    # time ending now. The job keeps up at moments, and Kafka's CreateTime watermark of a caught-up partition is the
+    # clock (Beam's create_time_policy), so with the default lateness (1 h) most of the run's records would arrive
+    # late by the pipeline's own rule (`late_data` dead letters, sessions short: 4,145 of 60,000 turns on
+    # 2026-12-07). Real traffic's event times follow the clock; a lateness beyond the records' age stands in for it.
+    extra = list(args.pipeline_args)
+    if not any(a.startswith("--allowed_lateness_seconds") for a in extra):
+        extra.append(f"--allowed_lateness_seconds={int(n * 1.1) + 3600}")
+    job = start_job("kpi", run_id, args.parallelism, extra)
     stop = threading.Event()
     hget_ms: List[float] = []
     pg_ms: List[float] = []
@@ -555,6 +640,9 @@ def main() -> None:
     ap.add_argument("--rate-seconds", type=float, default=30)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--skip", choices=("beam", "handrolled"), action="append", default=[])
+    ap.add_argument("--floor", default="", metavar="STAGES",
+                    help="also run the KPI job cut down to its first steps (benchmarks/floor_pipeline.py) on the "
+                         "same records, once per stage: comma-separated read,validate,transform,sinks")
     ap.add_argument("--profile", metavar="DIR", help="profile the contenders while records flow (py-spy, JFR)")
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "pipelines.json"))
     ap.add_argument("pipeline_args", nargs="*", help="after --: extra flags for the jobs (e.g. --max_bundle_size=1000)")
@@ -571,6 +659,9 @@ def main() -> None:
                     help="also start `python -m beam_pipelines.worker_pool --service_port=PORT FLAGS` for the run, "
                          "for variants with --environment_config=localhost:PORT (e.g. 50001=--stock_state_weigher)")
     args = ap.parse_args()
+    bad = [s for s in filter(None, args.floor.split(",")) if s not in ("read", "validate", "transform", "sinks")]
+    if bad:
+        ap.error(f"unknown --floor stage {bad}")
     os.environ.update(environment())
     if args.variant:
         return run_variants(args)
@@ -591,14 +682,25 @@ def main() -> None:
         if "beam" in res and "handrolled" in res:
             res["same_rows"] = compare(snapshot(sc, f"b{name[0]}{tag}"), snapshot(sc, f"h{name[0]}{tag}"))
             res["ratio"] = round(res["beam"]["rows_per_s"] / res["handrolled"]["rows_per_s"], 2)
+        if name == "kpi":
+            for stage in filter(None, args.floor.split(",")):
+                print(f"[bench] kpi floor ({stage}): {args.events} events ...", flush=True)
+                res[f"floor_{stage}"] = run_contender(sc, f"floor-{stage}", f"f{stage[0]}{tag}", args.events, args,
+                                                      bootstrap)
+                print(f"[bench] kpi floor ({stage}): {res[f'floor_{stage}']}", flush=True)
         out[name] = res
+        _save(args.json, out)  # after each part: a later one that fails leaves the figures measured so far
     if args.rate:
         print(f"[bench] latency at {args.rate:.0f} turns/s for {args.rate_seconds:.0f} s ...", flush=True)
         out["latency"] = latency_run(f"l{tag}", args, bootstrap)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    _save(args.json, out)
     print_table(out)
     print(f"\nwritten to {args.json}")
+
+
+def _save(path: str, out: Dict[str, object]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=2, default=str))
 
 
 def restart_taskmanager(env: Dict[str, str]) -> None:
@@ -678,6 +780,15 @@ def print_table(out: Dict[str, object]) -> None:
             print(f"| {name}: {label} | {b.get(key, '-')} | {h.get(key, '-')} |")
         if "ratio" in res:
             print(f"| {name}: ratio Beam / hand-rolled | {res['ratio']} | rows: {res['same_rows']} |")
+    floors = [(k[len("floor_"):], v) for k, v in (out.get("kpi") or {}).items() if k.startswith("floor_")]
+    if floors:
+        print("\n| the KPI job cut down (benchmarks/floor_pipeline.py) | records/s, first produced -> all counted | "
+              "CPU-s per 1,000 records | of which JVM / Python |")
+        print("|---|---|---|---|")
+        for stage, r in [("full KPI job", (out.get("kpi") or {}).get("beam") or {})] + floors:
+            if r:
+                print(f"| {stage} | {r['records_per_s']} | {r['cpu_s_per_1k_records']} | "
+                      f"{r.get('cpu_s_per_1k_records_jvm', '-')} / {r.get('cpu_s_per_1k_records_python', '-')} |")
     if "latency" in out:
         lat = out["latency"]
         print(f"| kpi: lag p50/p95/p99 ms at {lat['offered_per_s']:.0f} turns/s | {lat['lag_p50_ms']} / "
