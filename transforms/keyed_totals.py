@@ -17,7 +17,16 @@ key in Flink's checkpointed keyed state (global window) instead, and:
   twice the lateness behind) on a worker that has seen no timer fire yet starts a new generation; the sinks'
   version guards then keep the newer stored row;
 - rows carry `version`: it grows with the last activity and with every item counted, so an idempotent sink
-  can refuse a replayed older row.
+  can refuse a replayed older row;
+- a watermark timer that fires for a time more than `END_OF_TIME_SLACK_S` past the wall clock changes
+  nothing: the pipelines' watermark never passes the clock (Kafka CreateTime, capped at the clock), so such
+  a firing is the end-of-time watermark of a job being stopped. Beam's Flink source wrapper for the Kafka
+  read (UnboundedSourceWrapper) emits it whenever its reader loop ends, also on Flink's stop-with-savepoint
+  without drain, and it reaches this step before the savepoint's barrier: every session was finalized,
+  released or marked with a watermark hours ahead *in the savepoint*, and after the upgrade its next items
+  were `late_data` (tests/e2e/test_upgrade_savepoint_flink.py, 2026-12-07: 641 valid items, 180 of 200
+  sessions short). The key's state stays as it was and its timer is set again from state by a
+  processing-time timer, which fires in the restored job (or again in the stopping one).
 
 What is emitted are the totals since the state was created (a *generation*). For sessions, activity after
 the state was released (a pause longer than gap + lateness) starts a new generation; the Postgres merge in
@@ -43,6 +52,9 @@ from events.dead_letters import DeadLetter, Tags
 
 LATE_DATA = "late_data"
 _MIN_MS = -(2 ** 62)
+# How far past the wall clock a watermark timer may fire before it is taken for a stopping job's end-of-time
+# watermark (module doc): generous against clock skew between the Kafka read's harness and the Python workers.
+END_OF_TIME_SLACK_S = 300
 
 
 class Aggregate:
@@ -102,7 +114,7 @@ class _KeyState(Slotted):
     """The state of one key: its totals, the ids it has counted recently, and its timers' bookkeeping."""
 
     __slots__ = ("totals", "seen", "items", "final", "dirty", "early_pending", "wm_ms", "prune_at_ms",
-                 "expire_at_ms", "close_at_ms")
+                 "expire_at_ms", "close_at_ms", "rearm")
 
     def __init__(self, totals):
         self.totals = totals  # None once released: a tombstone that still knows how far the watermark is
@@ -115,6 +127,7 @@ class _KeyState(Slotted):
         self.prune_at_ms: Optional[int] = None
         self.expire_at_ms: Optional[int] = None
         self.close_at_ms: Optional[int] = None  # when the close timer is set to fire (None: not set)
+        self.rearm = False  # an end-of-time firing consumed a watermark timer: the early timer sets it again
 
 
 
@@ -135,8 +148,10 @@ class _KeyedTotalsFn(beam.DoFn):
     PRUNE = TimerSpec("prune", TimeDomain.WATERMARK)
 
     def __init__(self, agg: Aggregate, allowed_lateness_s: int, early_firing_s: int, step: str,
-                 source_topic: Optional[str], clock: Callable[[], float] = time.time):
+                 source_topic: Optional[str], clock: Callable[[], float] = time.time,
+                 wall_clock: Callable[[], float] = time.time):
         self._agg = agg
+        self._wall_clock = wall_clock  # the end-of-time check's; `clock` may be a test's processing time
         self._late_ms = allowed_lateness_s * 1000
         # prune in batches, not one timer per item; the firings also tell how far the watermark is
         self._prune_slack_ms = max(1_000, min(60_000, self._late_ms // 10))
@@ -151,6 +166,7 @@ class _KeyedTotalsFn(beam.DoFn):
         self._late = Metrics.counter(step_namespace(step), f"{step}_late_dead_letters")
         self._released = Metrics.counter(step_namespace(step), f"{step}_keys_released")
         self._seen_size = Metrics.distribution(step_namespace(step), f"{step}_dedupe_ids_per_key")
+        self._end_of_time = Metrics.counter(step_namespace(step), f"{step}_end_of_time_firings_deferred")
 
     def setup(self):
         self._wm_ms = _MIN_MS  # a lower bound of the watermark, from the timers this instance has seen fire
@@ -214,12 +230,39 @@ class _KeyedTotalsFn(beam.DoFn):
         version = row_version(self._agg.last_ms(s.totals), s.items, s.final)
         return self._agg.row(key, s.totals, s.final, version)
 
+    def _defer_end_of_time(self, t: int, state, early, which: str) -> bool:
+        """True (and the firing deferred) if a watermark timer fired for `t` far past the wall clock: a stopping
+        job's end-of-time watermark (module doc). The state is left as it was but for the consumed timer, which
+        the early timer sets again."""
+        if t <= (self._wall_clock() + END_OF_TIME_SLACK_S) * 1000:
+            return False
+        self._end_of_time.inc()
+        s: Optional[_KeyState] = state.read()
+        if s is None:
+            return True
+        if which == "close":
+            s.close_at_ms = t
+        elif s.totals is not None:
+            s.prune_at_ms = t
+        s.rearm = True
+        s.early_pending = True
+        early.set(Timestamp.of(self._clock() + self._early_s))
+        state.write(s)
+        return True
+
     @on_timer(EARLY)
-    def on_early(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(STATE)):
+    def on_early(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(STATE),
+                 close=beam.DoFn.TimerParam(CLOSE), prune=beam.DoFn.TimerParam(PRUNE)):
         s: Optional[_KeyState] = state.read()
         if s is None:
             return
         s.early_pending = False
+        if s.rearm:  # the watermark timers an end-of-time firing consumed
+            s.rearm = False
+            if s.close_at_ms is not None:
+                close.set(_ts(s.close_at_ms))
+            if s.prune_at_ms is not None and s.totals is not None:
+                prune.set(_ts(s.prune_at_ms))
         if s.totals is None:
             state.write(s)
             return
@@ -234,6 +277,8 @@ class _KeyedTotalsFn(beam.DoFn):
                  state=beam.DoFn.StateParam(STATE), early=beam.DoFn.TimerParam(EARLY),
                  close=beam.DoFn.TimerParam(CLOSE), prune=beam.DoFn.TimerParam(PRUNE)):
         t = int(fired.micros // 1000)
+        if self._defer_end_of_time(t, state, early, "close"):
+            return
         self._wm_ms = max(self._wm_ms, t)
         s: Optional[_KeyState] = state.read()
         if s is None:
@@ -281,8 +326,10 @@ class _KeyedTotalsFn(beam.DoFn):
 
     @on_timer(PRUNE)
     def on_prune(self, fired=beam.DoFn.TimestampParam, state=beam.DoFn.StateParam(STATE),
-                 prune=beam.DoFn.TimerParam(PRUNE)):
+                 prune=beam.DoFn.TimerParam(PRUNE), early=beam.DoFn.TimerParam(EARLY)):
         t = int(fired.micros // 1000)
+        if self._defer_end_of_time(t, state, early, "prune"):
+            return
         self._wm_ms = max(self._wm_ms, t)
         s: Optional[_KeyState] = state.read()
         if s is None or s.totals is None:

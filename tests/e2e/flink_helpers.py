@@ -35,6 +35,24 @@ def flink_get(path: str):
         return json.loads(r.read().decode())
 
 
+def beam_counters(jid: str) -> Dict[str, int]:
+    """A Flink job's Beam user counters by name, summed over steps (also for a finished job: Flink keeps its
+    accumulators, where the Flink runner puts Beam's metrics; a counter never incremented is absent)."""
+    import base64
+
+    from apache_beam.coders import VarIntCoder
+
+    out: Dict[str, int] = {}
+    for acc in flink_get(f"/jobs/{jid}/accumulators").get("user-task-accumulators", []):
+        if acc.get("name") != "__metricscontainers":
+            continue
+        for m in json.loads(acc["value"]).get("metrics", {}).get("attempted", []):
+            if m.get("urn") == "beam:metric:user:sum_int64:v1":
+                name = m.get("labels", {}).get("NAME", "")
+                out[name] = out.get(name, 0) + VarIntCoder().decode(base64.b64decode(m["payload"]))
+    return out
+
+
 def jobs_by_name(name: str) -> List[dict]:
     return [j for j in flink_get("/jobs/overview")["jobs"] if j["name"] == name]
 

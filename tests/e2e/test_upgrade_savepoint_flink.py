@@ -10,19 +10,20 @@ import json
 import time
 import urllib.request
 import uuid
+from typing import Tuple
 
 import pytest
 
 from events import topics
 from reliability.fault_matrix import KpiCell, Pg
-from tests.e2e.flink_helpers import (commit_group_at_end, end_offsets, flink_url, jobs_by_name, kafka_config, poll,
+from tests.e2e.flink_helpers import (beam_counters, commit_group_at_end, end_offsets, flink_url, jobs_by_name, kafka_config, poll,
                                      produce_with_offsets, readme_pipeline)
 
 pytestmark = pytest.mark.e2e
 HOUR_MS = 3_600_000
 
 
-def _stop_with_savepoint(job_name: str, timeout_s: float = 120) -> str:
+def _stop_with_savepoint(job_name: str, timeout_s: float = 120) -> Tuple[str, str]:
     jid = next(j["jid"] for j in jobs_by_name(job_name) if j["state"] == "RUNNING")
     req = urllib.request.Request(f"{flink_url()}/jobs/{jid}/stop", data=json.dumps({"drain": False}).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
@@ -39,7 +40,7 @@ def _stop_with_savepoint(job_name: str, timeout_s: float = 120) -> str:
 
     location = poll(done, timeout_s, f"the savepoint of {job_name}", 1)
     poll(lambda: all(j["state"] == "FINISHED" for j in jobs_by_name(job_name)), 60, f"{job_name} to stop", 1)
-    return location
+    return location, jid
 
 
 def test_kpi_upgrade_through_a_savepoint_loses_and_double_counts_nothing(stack, local_pii_key):
@@ -74,8 +75,15 @@ def test_kpi_upgrade_through_a_savepoint_loses_and_double_counts_nothing(stack, 
         for t, (first, _) in halves.items():
             cell.positions[t] = produce_with_offsets(first, t, bootstrap)
         poll(lambda: cell.landed(pg) >= len(halves[topics.TURNS][0]) * 0.5, 120, "half of the first half", 0.5)
-        savepoint = _stop_with_savepoint(job_name)
+        savepoint, first_jid = _stop_with_savepoint(job_name)
     at_stop = cell.landed(pg)
+    # Beam's Flink source wrapper ends a stopped Kafka read with the end-of-time watermark, ahead of the savepoint's
+    # barrier: every session timer fires. No session here has been inactive for gap + lateness, so none may be
+    # final or released by the stop (2026-12-07, before transforms/keyed_totals.py deferred such firings: 9 sessions
+    # final and released in the savepoint, the others marked with a watermark an hour past the clock; after the
+    # upgrade 641 valid items were `late_data` and 180 of 200 sessions short).
+    stopped = beam_counters(first_jid)
+    assert not stopped.get("SessionKpis_final_rows") and not stopped.get("SessionKpis_keys_released"), stopped
     for t, (_, second) in halves.items():
         cell.positions[t] += produce_with_offsets(second, t, bootstrap)
     with readme_pipeline("kpi", run_id, None, *args, f"--savepoint_path={savepoint}", group=group,
@@ -91,4 +99,5 @@ def test_kpi_upgrade_through_a_savepoint_loses_and_double_counts_nothing(stack, 
         except AssertionError as e:
             raise AssertionError(f"{e}; at the deadline: {last.get('check')}") from None
         job.assert_running()
-    print(f"upgrade: savepoint {savepoint}, {at_stop} of {cell.target()} turns before it, {checked.details}")
+    print(f"upgrade: savepoint {savepoint}, {at_stop} of {cell.target()} turns before it, end-of-time firings "
+          f"deferred at the stop: {stopped.get('SessionKpis_end_of_time_firings_deferred', 0)}, {checked.details}")
