@@ -937,11 +937,15 @@ def table(results: List[Result]) -> str:
 
 
 def run_matrix(pipelines: List[str], faults: List[str], points: List[str], events: int,
-               out: Optional[str] = None, restart_tm_every: int = 10) -> List[Result]:
+               out: Optional[str] = None, restart_tm_every: int = 10,
+               only: Optional[List[tuple]] = None) -> List[Result]:
+    """Every (pipeline, fault, point) of the product, in that order, or only the (fault, point) pairs of `only`
+    (CI: several faults on one leads job)."""
     matrix_id = uuid.uuid4().hex[:6]
     results: List[Result] = []
     # event times: each cell after the previous one's (the watermark only moves forward), all in the past
-    cells = [(p, f, pt) for p in pipelines for f in faults if f in APPLIES[p] for pt in points]
+    cells = [(p, f, pt) for p in pipelines for f in faults if f in APPLIES[p] for pt in points
+             if only is None or (f, pt) in only]
     span_ms = int(events * 1.2 * 1000)  # TurnWorkload: ~1 s of event time per turn
     start_ms = int(time.time() * 1000) - (len(cells) + 1) * span_ms
     skipped = [(p, f) for p in pipelines for f in faults if f not in APPLIES[p]]

@@ -75,7 +75,14 @@ def _flink_conf() -> None:
         "jobmanager.rpc.address: localhost",
         f"jobmanager.rpc.port: {PORTS['flink-rpc']}",
         "jobmanager.memory.process.size: 1600m",
-        "jobmanager.execution.failover-strategy: region",
+        # A failure restarts every task of the job, not just its region: Beam's Flink runner keeps one bundle
+        # factory per job and TaskManager, with the job's SDK environments in it, for as long as any task of the
+        # job holds it, and never checks a cached environment's connection. Under region failover a task whose
+        # region did not fail (the leads job is one region per subtask) kept it alive, and every restart of the
+        # failed one reused the SDK environment that the fault had broken: `CANCELLED: call already cancelled`
+        # until the launcher gave up (fault matrix, leads x pool_kill x late). A full restart releases the factory,
+        # and the restarted tasks start fresh environments. flink-deploy/base/flink-session.yaml has the same.
+        "jobmanager.execution.failover-strategy: full",
         "taskmanager.bind-host: localhost",
         "taskmanager.host: localhost",
         f"taskmanager.numberOfTaskSlots: {slots}",

@@ -283,6 +283,16 @@ def test_the_session_cluster_loads_beam_once():
     assert fd["spec"]["flinkConfiguration"]["classloader.resolve-order"] == "parent-first"
 
 
+def test_a_failure_restarts_the_whole_job_here_and_in_production():
+    """Full failover, not region: Beam's Flink runner reuses a job's cached SDK environments while any of its
+    tasks lives, so a partial restart kept reusing the one the fault had broken (leads x pool_kill x late)."""
+    from devstack.services import flink
+
+    (_, fd), = by_kind("FlinkDeployment")
+    assert fd["spec"]["flinkConfiguration"]["jobmanager.execution.failover-strategy"] == "full"
+    assert '"jobmanager.execution.failover-strategy: full"' in Path(flink.__file__).read_text()
+
+
 def test_marketo_cronjob():
     (_, cj), = by_kind("CronJob")
     assert cj["spec"]["concurrencyPolicy"] == "Forbid"
