@@ -135,3 +135,15 @@ def test_keep_source_puts_the_position_on_sink_rows():
     d = DeadLetter.of(b"{}", step="s", error_class="e", error_message="m", topic="agent_turns fallback",
                       source=source_of(row))
     assert (d.source_topic, d.source_partition, d.source_offset) == ("agent.tool.invoked", 0, 5)
+
+
+def test_source_of_an_event_a_scored_event_and_neither():
+    from transforms.scoring import Scored
+
+    ev = AgentToolInvoked.model_validate({"invocation_id": "i1", "session_id": "s1", "tool_name": "t",
+                                          "success": True, "latency_ms": 3.0, "timestamp": TS})
+    placed = ev.with_source("agent.tool.invoked", 3, 42)
+    assert source_of(placed) == ("agent.tool.invoked", 3, 42)
+    assert source_of(Scored(placed, {"scorer_version": "v"})) == ("agent.tool.invoked", 3, 42)
+    assert source_of(ev) is None and source_of(Scored(ev, {})) is None
+    assert source_of(object()) is None and source_of(("a", "tuple")) is None and source_of({}) is None
