@@ -657,7 +657,9 @@ def main() -> None:
                          "variants with --environment_config=localhost:PORT")
     ap.add_argument("--extra-pool", action="append", default=[], metavar="PORT=FLAGS",
                     help="also start `python -m beam_pipelines.worker_pool --service_port=PORT FLAGS` for the run, "
-                         "for variants with --environment_config=localhost:PORT (e.g. 50001=--stock_state_weigher)")
+                         "for variants with --environment_config=localhost:PORT (e.g. 50001=--stock_state_weigher); a "
+                         "token @repo:DIR runs that pool's workers on the code in DIR (A/B of two commits: "
+                         "`git worktree add DIR COMMIT`)")
     args = ap.parse_args()
     bad = [s for s in filter(None, args.floor.split(",")) if s not in ("read", "validate", "transform", "sinks")]
     if bad:
@@ -719,12 +721,18 @@ def run_variants(args) -> None:
     pools = []
     commands = [[PY, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={args.stock_pool_port}"]] \
         if args.stock_pool_port else []
+    repos = [REPO] * len(commands)
     for spec in args.extra_pool:
         port, _, flags = spec.partition("=")
-        commands.append([PY, "-m", "beam_pipelines.worker_pool", f"--service_port={int(port)}", *flags.split()])
-    for command in commands:
-        pools.append(subprocess.Popen(command, cwd=REPO,
-                                      env={**os.environ, **environment(), "PYTHONPATH": str(REPO),
+        # @repo:DIR: the pool's workers import the project's code from DIR (a worktree of another commit), so
+        # that a variant with --environment_config=localhost:PORT runs that commit's transforms and sinks
+        repo = next((Path(t[len("@repo:"):]) for t in flags.split() if t.startswith("@repo:")), REPO)
+        commands.append([PY, "-m", "beam_pipelines.worker_pool", f"--service_port={int(port)}",
+                         *[t for t in flags.split() if not t.startswith("@repo:")]])
+        repos.append(repo)
+    for command, repo in zip(commands, repos):
+        pools.append(subprocess.Popen(command, cwd=repo,
+                                      env={**os.environ, **environment(), "PYTHONPATH": str(repo),
                                            "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _EXTRA_POOLS.append(pools[-1].pid)
