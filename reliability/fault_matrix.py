@@ -698,8 +698,9 @@ JOB_PER_CELL = {"kpi", "billing", "frontend", "archive"}  # leads has no windows
 class Job:
     """One README-command job per pipeline for the matrix; submitted again if it is not RUNNING."""
 
-    def __init__(self, pipeline: str, matrix_id: str):
+    def __init__(self, pipeline: str, matrix_id: str, flags: Tuple[str, ...] = ()):
         self.pipeline, self.matrix_id = pipeline, matrix_id  # matrix_id: the matrix's id, or `<id>c<cell>`
+        self.flags = tuple(flags)  # extra job flags after the cell's own (--job-flags: A/B of job settings)
         # an e2e group: the pipeline principal may use `e2e-<pipeline>-*`, the test workload commits its start
         self.group = f"e2e-{pipeline}-fault-{matrix_id}"
         self.job_name = f"iheardai-{pipeline}-fault-{matrix_id}"
@@ -724,7 +725,8 @@ class Job:
         if self.submits == 0:
             self.prepare(bootstrap)
         extra = cls.job_extra(self) if hasattr(cls, "job_extra") else ()
-        self._ctx = readme_pipeline(self.pipeline, self.matrix_id, None, *cls.job_args, *extra, group=self.group,
+        self._ctx = readme_pipeline(self.pipeline, self.matrix_id, None, *cls.job_args, *extra, *self.flags,
+                                    group=self.group,
                                     job_name=self.job_name)
         log(f"submitting {' '.join(self._ctx.cmd[1:])}")
         self._ctx.__enter__()
@@ -938,7 +940,7 @@ def table(results: List[Result]) -> str:
 
 def run_matrix(pipelines: List[str], faults: List[str], points: List[str], events: int,
                out: Optional[str] = None, restart_tm_every: int = 10,
-               only: Optional[List[tuple]] = None) -> List[Result]:
+               only: Optional[List[tuple]] = None, job_flags: Tuple[str, ...] = ()) -> List[Result]:
     """Every (pipeline, fault, point) of the product, in that order, or only the (fault, point) pairs of `only`
     (CI: several faults on one leads job)."""
     matrix_id = uuid.uuid4().hex[:6]
@@ -958,31 +960,31 @@ def run_matrix(pipelines: List[str], faults: List[str], points: List[str], event
                 results += [Result(p, f, pt, events, 0, "-", error="pipeline not implemented in the matrix")
                             for f in faults if f in APPLIES[p] for pt in points]
                 continue
-            job = Job(p, matrix_id)
+            job = Job(p, matrix_id, job_flags)
             try:
                 for i, (pp, f, pt) in enumerate(c for c in cells if c[0] == p):
                     if p in JOB_PER_CELL:
                         job.cancel()
-                        job = Job(p, f"{matrix_id}c{i}")
+                        job = Job(p, f"{matrix_id}c{i}", job_flags)
                     res, end_ms = run_cell(job, p, f, pt, events, start_ms, seed=1000 + len(results),
                                            settle_timeout_s=max(600.0, events / 50), stall_s=90)
                     results.append(res)
                     start_ms = end_ms + 60_000
                     if out:
-                        _write(out, results, pipelines, faults, points, events)
+                        _write(out, results, pipelines, faults, points, events, job_flags)
             finally:
                 job.cancel()
     finally:
         if out:
-            _write(out, results, pipelines, faults, points, events)
+            _write(out, results, pipelines, faults, points, events, job_flags)
     return results
 
 
-def _write(out: str, results, pipelines, faults, points, events) -> None:
+def _write(out: str, results, pipelines, faults, points, events, job_flags=()) -> None:
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "pipelines": pipelines,
-                   "faults": faults, "points": points, "events": events,
+                   "faults": faults, "points": points, "events": events, "job_flags": list(job_flags),
                    "cells": [asdict(r) for r in results]}, f, indent=1, default=str)
 
 
@@ -992,6 +994,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--faults", default=",".join(ALL_FAULTS), help="comma-separated: " + ",".join(ALL_FAULTS))
     ap.add_argument("--points", default="early,middle,late", help="comma-separated: " + ",".join(POINTS))
     ap.add_argument("--events", type=int, default=100_000, help="valid events per cell")
+    ap.add_argument("--job-flags", default="", help="extra flags for every job, space-separated (A/B of job "
+                    "settings, e.g. '--checkpointing_interval=5000')")
     ap.add_argument("--out", default=None, help="JSON file (default reliability/results/fault_matrix-<time>.json)")
     a = ap.parse_args(argv)
     pipelines, faults, points = (a.pipelines.split(","), a.faults.split(","), a.points.split(","))
@@ -1004,7 +1008,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     _export_local_secrets()
     out = a.out or str(REPO / "reliability" / "results" / f"fault_matrix-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
-    results = run_matrix(pipelines, faults, points, a.events, out)
+    results = run_matrix(pipelines, faults, points, a.events, out, job_flags=tuple(a.job_flags.split()))
     print(table(results))
     print(f"JSON: {out}")
     return 0 if all(r.error is None and r.lost == 0 and r.duplicated == 0 and r.wrong == 0 and r.dlq_missing == 0
