@@ -143,7 +143,13 @@ def _spawn_taskmanager() -> subprocess.Popen:
     """The TaskManager under devstack.supervise's restart loop: a TaskManager JVM killed with -9 is started
     again (backoff 1 s doubling to 30 s), as Kubernetes restarts a TaskManager pod; `run/flink-taskmanager.pid`
     is the JVM's."""
-    return spawn_supervised(TM, ["bash", FLINK_HOME / "bin/taskmanager.sh", "start-foreground"], env=_flink_env())
+    # Its BLOB cache (every job's jar, ~190 MiB per job) in a directory of its own, emptied before each start: a
+    # TaskManager killed with -9 never deletes its blobStore-* directory, and the fault matrix's kills had left 25 GiB
+    # of them beside the JobManager's (which must stay) in flink-blobs.
+    blobs = DATA / "flink-blobs-taskmanager"
+    return spawn_supervised(TM, ["bash", "-c", 'rm -rf "$1" && mkdir -p "$1" && shift && exec "$@"', "taskmanager",
+                                 str(blobs), "bash", str(FLINK_HOME / "bin/taskmanager.sh"), "start-foreground",
+                                 "-D", f"blob.storage.directory={blobs}"], env=_flink_env())
 
 
 def _taskmanager_ids() -> set:
