@@ -270,10 +270,12 @@ def test_the_kafka_transforms_stage_no_artifact():
     program from there (it cannot: the harness would not start). A Beam upgrade that renames a URN fails here."""
     from apache_beam.io.kafka import ReadFromKafka, WriteToKafka
 
+    from io_connectors.kafka import IDLE_AWARE_READ_URN
+
     config = yaml.safe_load((REPO / "devstack/java_harness/expansion-service.yaml").read_text())
     assert set(config) == {"dependencies"}
     assert config["dependencies"] == {ReadFromKafka.URN_WITH_METADATA: [], ReadFromKafka.URN_WITHOUT_METADATA: [],
-                                      WriteToKafka.URN: []}
+                                      WriteToKafka.URN: [], IDLE_AWARE_READ_URN: []}
 
 
 def test_the_session_cluster_loads_beam_once():
